@@ -1,0 +1,82 @@
+"""Convolution blocks shared by the back-ends (NHWC: batch, frequency, time, channels).
+
+Conventions that keep the ports faithful to the PyTorch references:
+- 3×3 convs pad explicitly by 1 on each side (Flax 'SAME' pads differently for strided convs);
+- BatchNorm momentum 0.9 / eps 1e-5 (PyTorch's momentum 0.1);
+- max-pooling in floor mode with no padding;
+- `bn_axis_name` syncs BatchNorm statistics across devices inside shard_map, so a run on N devices
+  computes what one device would on the same global batch.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+Dtype = Any
+Pool = Union[int, Tuple[int, int], None]
+
+# PyTorch's default conv/linear weight init (kaiming-uniform with a=√5) is U(±1/√fan_in).
+torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+
+def batch_norm(train: bool, axis_name: Optional[str] = None, dtype: Dtype = jnp.float32,
+               name: Optional[str] = None) -> nn.BatchNorm:
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      axis_name=axis_name if train else None, dtype=dtype,
+                      param_dtype=jnp.float32, name=name)
+
+
+def conv2d(features: int, kernel: Sequence[int] = (3, 3), strides: Sequence[int] = (1, 1),
+           padding: Any = None, use_bias: bool = True, dtype: Dtype = jnp.float32,
+           name: Optional[str] = None) -> nn.Conv:
+  if padding is None:  # PyTorch padding=k//2 on every side
+    padding = tuple((k // 2, k // 2) for k in kernel)
+  return nn.Conv(features, tuple(kernel), strides=tuple(strides), padding=padding,
+                 use_bias=use_bias, kernel_init=torch_kernel_init, dtype=dtype,
+                 param_dtype=jnp.float32, name=name)
+
+
+def _pair(p: Pool) -> Optional[Tuple[int, int]]:
+  if p is None:
+    return None
+  return (p, p) if isinstance(p, int) else tuple(p)
+
+
+def max_pool(x: jnp.ndarray, pool: Pool) -> jnp.ndarray:
+  """Floor-mode max-pool over (frequency, time) with stride = window, no padding."""
+  p = _pair(pool)
+  if p is None or p == (1, 1):
+    return x
+  return nn.max_pool(x, p, strides=p, padding='VALID')
+
+
+class ConvBlock2d(nn.Module):
+  """conv3×3 → BN → ReLU → max-pool (sota's Conv_2d)."""
+  features: int
+  pool: Pool = 2
+  bn_axis_name: Optional[str] = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = conv2d(self.features, dtype=self.dtype)(x)
+    x = batch_norm(train, self.bn_axis_name, self.dtype)(x)
+    return max_pool(nn.relu(x), self.pool)
+
+
+class ResBlock2dMP(nn.Module):
+  """conv3×3 → BN → ReLU → conv3×3 → BN, + identity, ReLU → max-pool (sota's Res_2d_mp)."""
+  features: int
+  pool: Pool = 2
+  bn_axis_name: Optional[str] = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    bn = functools.partial(batch_norm, train, self.bn_axis_name, self.dtype)
+    y = nn.relu(bn()(conv2d(self.features, dtype=self.dtype)(x)))
+    y = bn()(conv2d(self.features, dtype=self.dtype)(y))
+    return max_pool(nn.relu(y + x), self.pool)
