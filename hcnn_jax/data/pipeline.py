@@ -1,0 +1,216 @@
+"""Input pipelines: grain training loader (random crops, shuffle, shard, batch) and 16-chunk eval.
+
+Training follows the reference (4.3): one random crop per track per epoch, the track's label for
+the crop, shuffled, with ddhf's drop_last. The crop uses the per-record rng that grain derives
+from (seed, position in the global sample stream), so crops are a pure function of the seed and
+differ from epoch to epoch, and `get_state()` / `set_state()` resume the stream bitwise. Which
+tracks share a batch depends on worker_count (each grain worker batches its own slice of the
+stream), so a run resumes exactly only with the worker_count it was saved with.
+
+Evaluation follows the reference (4.5): every track of the split exactly once, as num_chunks
+chunks of input_length (`chunking.eval_chunks`), in a fixed order; batches always hold
+`tracks_per_batch` tracks so that one compiled eval step serves them all (padding rows have
+mask False and index -1). Every shard yields the same number of batches, so multi-host
+evaluation stays in lockstep.
+
+Audio leaves the pipeline as float32 in [-1, 1) (int16 / 32768), labels as float32.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import math
+from typing import Any, Iterator
+
+import chex
+import grain
+import jax
+import numpy as np
+from absl import flags
+
+from hcnn_jax.data import chunking
+
+INT16_SCALE = 32768.0
+
+
+def _ensure_flags_parsed() -> None:
+  """Lets grain (which reads absl flags) run outside absl.app.run, e.g. in tests and notebooks.
+
+  Marking unparsed flags as parsed keeps every flag at its default; a later absl.app.run still
+  parses the command line normally.
+  """
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def _resolve_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
+  if shard_index is None and shard_count is None:
+    return jax.process_index(), jax.process_count()
+  if shard_index is None or shard_count is None:
+    raise ValueError('Give both shard_index and shard_count, or neither (then the JAX process '
+                     f'index and count are used); got {shard_index} and {shard_count}.')
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f'shard_index must be in [0, shard_count={shard_count}), got {shard_index}.')
+  return int(shard_index), int(shard_count)
+
+
+def _num_classes(source) -> int:
+  if len(source) == 0:
+    raise ValueError('The data source is empty: the split has no tracks. Check that the dataset '
+                     'was prepared completely (its skipped_files) and the split name.')
+  return int(np.asarray(source[0]['labels']).shape[-1])
+
+
+def host_batch_size(global_batch_size: int, shard_count: int) -> int:
+  """Per-host batch size; ValueError unless the global batch splits evenly over the hosts."""
+  if global_batch_size < 1 or global_batch_size % shard_count:
+    raise ValueError(f'global_batch_size ({global_batch_size}) must be a positive multiple of '
+                     f'the number of hosts / shards ({shard_count}).')
+  return global_batch_size // shard_count
+
+
+def steps_per_epoch(num_records: int, global_batch_size: int, shard_count: int = 1) -> int:
+  """Whole batches per epoch on each host (each shard keeps num_records // shard_count tracks)."""
+  return (num_records // shard_count) // host_batch_size(global_batch_size, shard_count)
+
+
+class RandomCrop(grain.transforms.RandomMap):
+  """Record → {'audio': float32 (input_length,), 'labels': float32 (C,)} with a random crop."""
+
+  def __init__(self, input_length: int):
+    self.input_length = int(input_length)
+
+  def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    crop = chunking.random_crop(element['audio'], self.input_length, rng)
+    return {'audio': crop.astype(np.float32) / INT16_SCALE,
+            'labels': np.asarray(element['labels'], np.float32)}
+
+
+class CheckBatch(grain.transforms.Map):
+  """Fails loudly if a batch does not have the promised shapes and dtypes."""
+
+  def __init__(self, batch_size: int, input_length: int, num_classes: int):
+    self.batch_size = batch_size
+    self.input_length = input_length
+    self.num_classes = num_classes
+
+  def map(self, element: dict[str, Any]) -> dict[str, Any]:
+    chex.assert_shape(element['audio'], (self.batch_size, self.input_length))
+    chex.assert_shape(element['labels'], (self.batch_size, self.num_classes))
+    chex.assert_type([element['audio'], element['labels']], [np.float32, np.float32])
+    return element
+
+
+def train_loader(source, *, input_length: int, global_batch_size: int, seed: int,
+                 num_epochs: int | None = None, shard_index: int | None = None,
+                 shard_count: int | None = None, worker_count: int = 0,
+                 worker_buffer_size: int = 2, read_threads: int | None = None
+                 ) -> grain.DataLoader:
+  """A grain DataLoader of shuffled, randomly cropped, host-local training batches.
+
+  Yields {'audio': float32 (B_host, input_length), 'labels': float32 (B_host, C)} with
+  B_host = global_batch_size // shard_count. num_epochs None repeats forever (batches run across
+  epoch boundaries); the remainder at the very end is dropped. Each shard gets
+  len(source) // shard_count tracks of every epoch's permutation. read_threads (default grain's)
+  are the threads that read records in each worker.
+  """
+  chunking.check_input_length(input_length)
+  shard_index, shard_count = _resolve_shard(shard_index, shard_count)
+  batch = host_batch_size(global_batch_size, shard_count)
+  num_classes = _num_classes(source)
+  per_shard = len(source) // shard_count
+  if per_shard == 0:
+    raise ValueError(f'The source has {len(source)} tracks, fewer than the {shard_count} '
+                     'shards: every host needs at least one track.')
+  if num_epochs is not None:
+    if num_epochs < 1:
+      raise ValueError(f'num_epochs must be >= 1 or None (forever), got {num_epochs}.')
+    if per_shard * num_epochs < batch:
+      raise ValueError(f'{num_epochs} epoch(s) of {per_shard} tracks per host give no full batch '
+                       f'of {batch}: lower the batch size or raise num_epochs.')
+  if worker_count < 0:
+    raise ValueError(f'worker_count must be >= 0, got {worker_count}.')
+  if worker_count:
+    _ensure_flags_parsed()
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(source),
+      shard_options=grain.sharding.ShardOptions(
+          shard_index=shard_index, shard_count=shard_count, drop_remainder=True),
+      shuffle=True, num_epochs=num_epochs, seed=int(seed))
+  read_options = None
+  if read_threads is not None:
+    if read_threads < 1:
+      raise ValueError(f'read_threads must be >= 1, got {read_threads}.')
+    # Records are whole tracks (~1 MB for 30 s): keep the read-ahead to a few batches.
+    read_options = grain.ReadOptions(num_threads=int(read_threads),
+                                     prefetch_buffer_size=max(2 * batch, 2 * int(read_threads)))
+  return grain.DataLoader(
+      data_source=source,
+      sampler=sampler,
+      operations=[
+          RandomCrop(input_length),
+          grain.transforms.Batch(batch_size=batch, drop_remainder=True),
+          CheckBatch(batch, int(input_length), num_classes),
+      ],
+      worker_count=int(worker_count),
+      worker_buffer_size=int(worker_buffer_size),
+      read_options=read_options,
+  )
+
+
+def num_eval_batches(num_tracks: int, tracks_per_batch: int, shard_count: int = 1) -> int:
+  """Batches that eval_batches yields on every shard."""
+  if tracks_per_batch < 1:
+    raise ValueError(f'tracks_per_batch must be >= 1, got {tracks_per_batch}.')
+  return math.ceil(math.ceil(num_tracks / shard_count) / tracks_per_batch)
+
+
+def eval_batches(source, *, input_length: int, num_chunks: int = 16, tracks_per_batch: int,
+                 shard_index: int | None = None, shard_count: int | None = None,
+                 read_threads: int = 4) -> Iterator[dict[str, np.ndarray]]:
+  """Track-level evaluation batches, each track of the split exactly once across the shards.
+
+  Yields {'audio': float32 (n, num_chunks, input_length), 'labels': float32 (n, C),
+  'mask': bool (n,), 'index': int64 (n,)} with n = tracks_per_batch always. Shard s takes the
+  tracks s, s + shard_count, ... in order; rows past the end are zeros with mask False and
+  index -1. read_threads read and chunk the next batch while the caller runs the current one.
+  Calling again restarts from the first track.
+  """
+  chunking.chunk_starts(0, input_length, num_chunks)  # validates input_length and num_chunks
+  shard_index, shard_count = _resolve_shard(shard_index, shard_count)
+  num_classes = _num_classes(source)
+  n_batches = num_eval_batches(len(source), tracks_per_batch, shard_count)
+  indices = np.arange(shard_index, len(source), shard_count, dtype=np.int64)
+
+  def track(i: int) -> tuple[np.ndarray, np.ndarray]:
+    record = source[int(i)]
+    chunks = chunking.eval_chunks(record['audio'], input_length, num_chunks)
+    return chunks.astype(np.float32) / INT16_SCALE, np.asarray(record['labels'], np.float32)
+
+  def build(b: int, pool: concurrent.futures.ThreadPoolExecutor) -> dict[str, np.ndarray]:
+    rows = indices[b * tracks_per_batch:(b + 1) * tracks_per_batch]
+    out = {
+        'audio': np.zeros((tracks_per_batch, num_chunks, input_length), np.float32),
+        'labels': np.zeros((tracks_per_batch, num_classes), np.float32),
+        'mask': np.zeros((tracks_per_batch,), bool),
+        'index': np.full((tracks_per_batch,), -1, np.int64),
+    }
+    for r, (audio, labels) in enumerate(pool.map(track, rows)):
+      out['audio'][r], out['labels'][r] = audio, labels
+    out['mask'][:len(rows)] = True
+    out['index'][:len(rows)] = rows
+    chex.assert_shape(out['audio'], (tracks_per_batch, num_chunks, input_length))
+    chex.assert_shape(out['labels'], (tracks_per_batch, num_classes))
+    return out
+
+  def generate() -> Iterator[dict[str, np.ndarray]]:
+    # One thread builds the next batch (its reads fan out to the read pool) while the caller
+    # consumes the current one; leaving the loop early shuts both pools down.
+    with concurrent.futures.ThreadPoolExecutor(max(1, read_threads)) as read_pool, \
+        concurrent.futures.ThreadPoolExecutor(1) as ahead:
+      pending = ahead.submit(build, 0, read_pool) if n_batches else None
+      for b in range(n_batches):
+        current = pending.result()
+        pending = ahead.submit(build, b + 1, read_pool) if b + 1 < n_batches else None
+        yield current
+
+  return generate()
