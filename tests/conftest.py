@@ -1,0 +1,52 @@
+"""Shared test signals: deterministic, real-looking audio at 16 kHz (float32, peak ≤ 1).
+
+`make_signal(kind, num_samples, sample_rate)` builds any of them at any length; the fixtures give
+one second of each. Kinds: 'chirp' (exponential sweep 40 Hz → 7 kHz), 'chord' (A minor triad of
+harmonic tones, 1/h partials), 'noise' (white Gaussian, seeded).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+SAMPLE_RATE = 16000
+SIGNAL_KINDS = ('chirp', 'chord', 'noise')
+
+
+def make_signal(kind: str, num_samples: int = SAMPLE_RATE,
+                sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+  t = np.arange(num_samples) / sample_rate
+  if kind == 'chirp':
+    f0, f1, duration = 40.0, 7000.0, max(num_samples / sample_rate, 1e-3)
+    k = np.log(f1 / f0) / duration
+    y = 0.8 * np.sin(2 * np.pi * f0 * (np.exp(k * t) - 1) / k)
+  elif kind == 'chord':
+    y = sum(np.sin(2 * np.pi * f * h * t + h) / h
+            for f in (220.0, 261.63, 329.63) for h in range(1, 7))
+    y = 0.9 * y / np.max(np.abs(y))
+  elif kind == 'noise':
+    y = 0.3 * np.random.default_rng(0).standard_normal(num_samples)
+  else:
+    raise ValueError(f'unknown signal kind {kind!r}; use one of {SIGNAL_KINDS}.')
+  return y.astype(np.float32)
+
+
+@pytest.fixture
+def chirp() -> np.ndarray:
+  return make_signal('chirp')
+
+
+@pytest.fixture
+def chord() -> np.ndarray:
+  return make_signal('chord')
+
+
+@pytest.fixture
+def noise() -> np.ndarray:
+  return make_signal('noise')
+
+
+@pytest.fixture(name='make_signal')
+def make_signal_fixture():
+  """The factory itself, for tests that need other lengths or sample rates."""
+  return make_signal
