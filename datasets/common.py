@@ -1,0 +1,223 @@
+"""What every manual-download audio builder shares: features, metadata, decoding with skips.
+
+A builder subclasses `ManualAudioBuilder`, names its classes and task, and turns the user's
+manual_dir into a list of `Clip`s per split (`_make_splits`). This module decodes each clip with
+`hcnn_jax.data.audio.load_audio` (16 kHz mono), stores it as int16, and skips files that fail to
+decode: each skip is logged as a warning naming the file and the reason, and lands in
+`info.metadata['skipped_files']` / `['skipped']`, which TFDS writes to metadata.json at the end of
+the build (the metadata is saved after every split generator has run, in this process).
+"""
+from __future__ import annotations
+
+import abc
+import collections
+import concurrent.futures
+import csv
+import dataclasses
+import logging
+import os
+import pickle
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from hcnn_jax.data.audio import AudioError, load_audio, to_int16
+
+SAMPLE_RATE = 16000
+TASKS = ('tagging', 'keywords', 'events')
+SPLITS = ('train', 'validation', 'test')
+# Missing audio can run to thousands of files (MSD); past this many, warnings are summarised.
+MAX_LOGGED_SKIPS = 50
+
+log = logging.getLogger('datasets')
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+  """One example to decode: `key` is unique within its split, `id` is stored in the record."""
+  key: str
+  id: str
+  path: str
+  labels: np.ndarray
+
+
+def features(num_classes: int) -> tfds.features.FeaturesDict:
+  """The features every builder stores (docs/architecture.md)."""
+  return tfds.features.FeaturesDict({
+      'audio': tfds.features.Tensor(shape=(None,), dtype=np.int16),
+      'labels': tfds.features.Tensor(shape=(num_classes,), dtype=np.float32),
+      'id': tfds.features.Text(),
+  })
+
+
+def metadata(class_names: Sequence[str], task: str) -> tfds.core.MetadataDict:
+  if task not in TASKS:
+    raise ValueError(f'task must be one of {TASKS}, got {task!r}.')
+  return tfds.core.MetadataDict(class_names=list(class_names), sample_rate=SAMPLE_RATE, task=task,
+                                skipped_files=0, skipped=[])
+
+
+def multi_hot(indices: Iterable[int], num_classes: int) -> np.ndarray:
+  y = np.zeros(num_classes, np.float32)
+  y[list(indices)] = 1.0
+  return y
+
+
+def manual_dir(dl_manager) -> str:
+  """The user's manual_dir, or a ValueError saying where the files should go."""
+  try:
+    return os.fspath(dl_manager.manual_dir)
+  except AssertionError as e:  # TFDS reports a missing/empty manual_dir with an AssertionError
+    raise ValueError(str(e)) from e
+
+
+def require_files(root: str, names: Sequence[str], readme: str) -> list[str]:
+  """Absolute paths of `names` under root; one ValueError listing every missing file."""
+  paths = [os.path.join(root, n) for n in names]
+  missing = [n for n, p in zip(names, paths) if not os.path.isfile(p)]
+  if missing:
+    raise ValueError(f'{root} lacks {", ".join(missing)}; put the official files there as '
+                     f'described in {readme}.')
+  return paths
+
+
+def read_lines(path: str) -> list[str]:
+  """Non-empty lines without surrounding whitespace; '#' starts a comment line."""
+  with open(path, encoding='utf-8') as f:
+    return [s for s in (line.strip() for line in f) if s and not s.startswith('#')]
+
+
+def read_tsv(path: str) -> list[list[str]]:
+  """Rows of a tab-separated file (quoted fields allowed), blank rows dropped."""
+  with open(path, encoding='utf-8', newline='') as f:
+    return [row for row in csv.reader(f, delimiter='\t') if any(c.strip() for c in row)]
+
+
+class _SafeUnpickler(pickle.Unpickler):
+  """Unpickles plain containers, strings, numbers and numpy arrays, and nothing that runs code.
+
+  The MSD split files are Python 2 cPickles of lists of ids and of dicts id → numpy tag vector.
+  """
+  _BUILTINS = {'list', 'dict', 'tuple', 'set', 'frozenset', 'str', 'bytes', 'bytearray', 'int',
+               'float', 'complex', 'bool'}
+  _NUMPY = {('numpy', 'ndarray'), ('numpy', 'dtype'),
+            ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
+            ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
+            ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer')}
+
+  def find_class(self, module, name):
+    if module in ('builtins', '__builtin__') and name in self._BUILTINS:
+      return super().find_class('builtins', name)
+    if (module, name) in self._NUMPY:
+      # numpy 2 moved numpy.core to numpy._core; old pickles name the former.
+      return super().find_class(module.replace('numpy.core', 'numpy._core'), name)
+    raise pickle.UnpicklingError(f'global {module}.{name} is not allowed')
+
+
+def safe_unpickle(path: str):
+  """Loads a (Python 2 or 3) pickle of plain data; ValueError for anything else."""
+  try:
+    with open(path, 'rb') as f:
+      # latin1 is numpy's documented way to read Python 2 pickles of arrays; ids stay ASCII.
+      return _SafeUnpickler(f, encoding='latin1').load()
+  except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError,
+          TypeError, ValueError) as e:
+    raise ValueError(f'{path}: not a pickle of plain lists/dicts/arrays ({e}); use the '
+                     'original split file.') from e
+
+
+def decode_clips(clips: Sequence[Clip], num_workers: int = 4
+                 ) -> Iterator[tuple[Clip, np.ndarray | None, AudioError | None]]:
+  """(clip, 16 kHz mono float32 audio or None, AudioError or None), in the order of `clips`.
+
+  Decoding runs in threads (libsndfile and soxr release the GIL) with a bounded number in
+  flight, so memory stays at a few tracks however long the list.
+  """
+  def work(clip):
+    try:
+      return load_audio(clip.path, sample_rate=SAMPLE_RATE), None
+    except AudioError as e:
+      return None, e
+
+  if num_workers <= 1:
+    for clip in clips:
+      yield (clip, *work(clip))
+    return
+  with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+    pending = collections.deque()
+    it = iter(clips)
+    for clip in it:
+      pending.append((clip, pool.submit(work, clip)))
+      if len(pending) >= 4 * num_workers:
+        break
+    while pending:
+      clip, future = pending.popleft()
+      nxt = next(it, None)
+      if nxt is not None:
+        pending.append((nxt, pool.submit(work, nxt)))
+      yield (clip, *future.result())
+
+
+class ManualAudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base of the builders that read official files the user put in manual_dir.
+
+  Subclasses set CLASS_NAMES, TASK, README and implement `_make_splits(root)`; they may override
+  `_transform(audio)` to change what is stored (e.g. an excerpt).
+  """
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  CLASS_NAMES: Sequence[str] = ()
+  TASK = 'tagging'
+  HOMEPAGE = ''
+  README = 'the README.md next to the builder'
+  DECODE_WORKERS = 4
+
+  def __init__(self, *, file_format=None, **kwargs):
+    # array_record is the only format that builds and reads without TensorFlow.
+    super().__init__(file_format=file_format or 'array_record', **kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self, description=(self.__doc__ or '').strip(),
+        features=features(len(self.CLASS_NAMES)),
+        metadata=metadata(self.CLASS_NAMES, self.TASK), homepage=self.HOMEPAGE or None)
+
+  @abc.abstractmethod
+  def _make_splits(self, root: str) -> dict[str, list[Clip]]:
+    """{split name: clips} from the files in root (the user's manual_dir)."""
+
+  def _transform(self, audio: np.ndarray) -> np.ndarray:
+    return audio
+
+  def skip(self, path: str, reason: str) -> None:
+    """Records a file left out of the build, with a warning naming it."""
+    md = self.info.metadata
+    md['skipped_files'] = md.get('skipped_files', 0) + 1
+    md.setdefault('skipped', []).append(f'{path}: {reason}')
+    if md['skipped_files'] <= MAX_LOGGED_SKIPS:
+      log.warning('%s: skipping %s: %s', self.name, path, reason)
+
+  def _split_generators(self, dl_manager):
+    root = manual_dir(dl_manager)
+    self._root = root
+    self.info.metadata['skipped_files'] = 0
+    self.info.metadata['skipped'] = []
+    splits = self._make_splits(root)
+    return {name: self._generate_examples(clips) for name, clips in splits.items()}
+
+  def _relative(self, path: str) -> str:
+    rel = os.path.relpath(path, self._root)
+    return path if rel.startswith('..') else rel
+
+  def _generate_examples(self, clips):
+    for clip, audio, err in decode_clips(clips, self.DECODE_WORKERS):
+      if err is not None:
+        self.skip(self._relative(err.path), err.reason)
+        continue
+      yield clip.key, {'audio': to_int16(self._transform(audio)), 'labels': clip.labels,
+                       'id': clip.id}
+    skipped = self.info.metadata['skipped_files']
+    if skipped > MAX_LOGGED_SKIPS:
+      log.warning('%s: %d files skipped so far (only the first %d were logged); all are listed '
+                  "in info.metadata['skipped'].", self.name, skipped, MAX_LOGGED_SKIPS)

@@ -1,0 +1,1 @@
+"""MagnaTagATune (top-50 tags, the reference's clean split)."""
