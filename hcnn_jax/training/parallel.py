@@ -1,0 +1,184 @@
+"""Data parallelism: a 1-D `('data',)` mesh over every device of every host, and the steps of
+`step.py` run per device with `jax.shard_map`.
+
+Why `check_vma=False`: the steps are written pmap-style, i.e. each device computes the gradient of
+its own shard's loss and `lax.pmean` averages them. With `check_vma=True` shard_map instead tracks
+which values vary over the mesh and transposes the implicit broadcast of the replicated parameters
+into a `psum`, so the gradients come out of `jax.grad` already *summed* over devices and the
+explicit `pmean` is a no-op on them: N times the true gradient. `check_vma=False` gives exactly the
+semantics `jax.pmap` had (pmap is itself built on shard_map now), under which `pmean` of gradients
+and the BatchNorm `pmean` of statistics are right; the 1-device ≡ N-device test pins this.
+
+Multi-host: call `maybe_initialize_distributed()` first thing (before any other JAX call); every
+host then runs the same program, feeds its own slice of the global batch through `shard_batch`, and
+reads replicated outputs directly or sharded ones through `to_host`.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from hcnn_jax.training import step as step_lib
+
+PyTree = Any
+DATA_AXIS = 'data'
+
+
+def _int_env(name: str) -> Optional[int]:
+  value = os.environ.get(name)
+  if value is None or value == '':
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f'environment variable {name}={value!r} must be an integer') from None
+
+
+def multihost_environment() -> Optional[str]:
+  """Names the launcher that started several processes for this job, or None for one host.
+
+  Recognised: an explicit `JAX_COORDINATOR_ADDRESS` (with `JAX_NUM_PROCESSES` / `JAX_PROCESS_ID`,
+  read here because JAX itself reads only the address), SLURM with more than one task, Open MPI
+  (`mpirun`) with more than one rank, and multi-host Cloud TPU slices. These are the environments
+  JAX's own cluster detection handles; this function only decides whether to ask it.
+  """
+  env = os.environ
+  if env.get('JAX_COORDINATOR_ADDRESS'):
+    return 'coordinator'
+  if 'SLURM_JOB_ID' in env and 'SLURM_PROCID' in env and (_int_env('SLURM_NTASKS') or 1) > 1:
+    return 'slurm'
+  if 'OMPI_MCA_orte_hnp_uri' in env and (_int_env('OMPI_COMM_WORLD_SIZE') or 1) > 1:
+    return 'ompi'
+  hosts = env.get('TPU_WORKER_HOSTNAMES') or env.get('TPU_PROCESS_ADDRESSES') or ''
+  if ',' in hosts:
+    return 'tpu'
+  return None
+
+
+def maybe_initialize_distributed() -> bool:
+  """Joins the multi-host job when `multihost_environment()` finds one; a no-op on one host.
+
+  Must run before anything else touches JAX devices. Returns whether JAX is now running
+  distributed. For a hand-started job set on every host `JAX_COORDINATOR_ADDRESS=host:port`
+  (process 0's address), `JAX_NUM_PROCESSES=N` and `JAX_PROCESS_ID=i`; SLURM (`srun`), Open MPI
+  (`mpirun`) and Cloud TPU pods need nothing.
+  """
+  if jax.distributed.is_initialized():
+    return True
+  kind = multihost_environment()
+  if kind is None:
+    return False
+  kwargs = {}
+  if kind == 'coordinator':
+    kwargs = dict(coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],
+                  num_processes=_int_env('JAX_NUM_PROCESSES'),
+                  process_id=_int_env('JAX_PROCESS_ID'))
+  logging.info('Initialising multi-host JAX (%s environment).', kind)
+  jax.distributed.initialize(**kwargs)
+  logging.info('Process %d of %d, %d local / %d global devices.', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+  return True
+
+
+def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """A 1-D mesh with axis `'data'` over `devices` (default: all devices of all hosts).
+
+  Axis type Auto: the steps are manual per-device code under shard_map, so nothing needs
+  explicit-sharding types (and `jax.make_mesh`'s Explicit default would make shard_map reject
+  unsharded inputs).
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  if not devices:
+    raise ValueError('make_mesh needs at least one device')
+  if len(devices) == len(jax.devices()):
+    # Let JAX order the devices for the interconnect (matters on multi-host GPU/TPU).
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,),
+                         devices=devices)
+  return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
+  """Places a copy of `tree` (the same on every host) on every device of the mesh."""
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def shard_batch(host_batch: Dict[str, Any], mesh: Mesh) -> Dict[str, jax.Array]:
+  """Turns this host's batch into global arrays split over `'data'` along the first axis.
+
+  Each host passes its own `B_host` examples (what the data pipeline yields); the global batch is
+  `B_host × process_count`. `B_host` must be a multiple of the host's devices in the mesh.
+  """
+  sharding = NamedSharding(mesh, P(DATA_AXIS))
+  local_devices = len(mesh.local_devices)
+  out = {}
+  for key, value in host_batch.items():
+    array = np.asarray(value)
+    if array.dtype.kind not in 'biuf':
+      raise ValueError(f'batch field {key!r} has dtype {array.dtype}; only numeric and boolean '
+                       'fields can go to the devices (drop ids and strings before shard_batch)')
+    if array.ndim == 0 or array.shape[0] % local_devices:
+      raise ValueError(
+          f'batch field {key!r} of shape {array.shape} cannot be split over this host\'s '
+          f'{local_devices} devices; make the per-host batch size (batch_size / process_count, '
+          f'or eval_tracks_per_batch) a multiple of {local_devices}')
+    out[key] = jax.make_array_from_process_local_data(sharding, array)
+  return out
+
+
+def to_host(tree: PyTree) -> PyTree:
+  """Numpy copies of (possibly multi-host, sharded) arrays, gathered to every host."""
+  if jax.process_count() > 1:
+    return multihost_utils.process_allgather(tree, tiled=True)
+  return jax.device_get(tree)
+
+
+def _with_data_axis(model: nn.Module) -> nn.Module:
+  # BatchNorm must average over the global batch for N devices to match one; set the axis here so
+  # no caller can forget it.
+  name = getattr(model, 'bn_axis_name', None)
+  if name is None and hasattr(model, 'bn_axis_name'):
+    return model.clone(bn_axis_name=DATA_AXIS)
+  if name not in (None, DATA_AXIS):
+    raise ValueError(f'model has bn_axis_name={name!r}, but the mesh axis is {DATA_AXIS!r}; '
+                     f'build it with bn_axis_name={DATA_AXIS!r} or None')
+  return model
+
+
+def make_train_step(model: nn.Module, loss_fn: Callable, tx: optax.GradientTransformation,
+                    mesh: Mesh, donate: bool = True) -> Callable:
+  """`fn(state, batch) -> (state, metrics)`, one jitted program over the whole mesh.
+
+  `state` is replicated (see `replicate`), `batch` sharded on `'data'` (see `shard_batch`);
+  outputs are replicated. With `donate` the input state's buffers are reused for the output, so do
+  not touch the old state after the call. A new optimiser (the reference's Adam → SGD switch) is a
+  new step built with the new `tx`, fed a state whose `opt_state` is `tx.init(params)`.
+  """
+  per_device = functools.partial(step_lib.train_step, model=_with_data_axis(model),
+                                 loss_fn=loss_fn, tx=tx, axis_name=DATA_AXIS)
+  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
+                          out_specs=(P(), P()), check_vma=False)
+  return jax.jit(sharded, donate_argnums=(0,) if donate else ())
+
+
+def make_eval_step(model: nn.Module, loss_fn: Callable, predict_fn: Callable,
+                   mesh: Mesh) -> Callable:
+  """`fn(variables, batch) -> {'probs': (n, C), 'loss': (n,)}`, sharded on `'data'` like `batch`.
+
+  `variables` replicated, `batch` = `shard_batch` of an eval batch `{'audio': (n, chunks, L),
+  'labels', 'mask'}`; `to_host` brings the outputs back.
+  """
+  per_device = functools.partial(step_lib.eval_step, model=model, loss_fn=loss_fn,
+                                 predict_fn=predict_fn)
+  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
+                          out_specs=P(DATA_AXIS), check_vma=False)
+  return jax.jit(sharded)
