@@ -1,0 +1,1 @@
+"""MTG-Jamendo autotagging top-50 tags, split-0."""
