@@ -39,10 +39,20 @@ def conv2d(features: int, kernel: Sequence[int] = (3, 3), strides: Sequence[int]
                  param_dtype=jnp.float32, name=name)
 
 
-def _pair(p: Pool) -> Optional[Tuple[int, int]]:
+def dense(features: int, dtype: Dtype = jnp.float32, name: Optional[str] = None) -> nn.Dense:
+  """Linear layer with PyTorch's default weight init (heads of the back-ends)."""
+  return nn.Dense(features, kernel_init=torch_kernel_init, dtype=dtype, param_dtype=jnp.float32,
+                  name=name)
+
+
+def pool_pair(p: Pool) -> Optional[Tuple[int, int]]:
+  """A pool given as int, pair or None → (frequency, time) window, or None for no pooling."""
   if p is None:
     return None
   return (p, p) if isinstance(p, int) else tuple(p)
+
+
+_pair = pool_pair
 
 
 def max_pool(x: jnp.ndarray, pool: Pool) -> jnp.ndarray:
