@@ -104,7 +104,9 @@ class _SafeUnpickler(pickle.Unpickler):
   _NUMPY = {('numpy', 'ndarray'), ('numpy', 'dtype'),
             ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
             ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
-            ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer')}
+            ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer'),
+            # Python 3 protocol-2 pickles rebuild bytes (array buffers) with _codecs.encode.
+            ('_codecs', 'encode')}
 
   def find_class(self, module, name):
     if module in ('builtins', '__builtin__') and name in self._BUILTINS:
