@@ -1,0 +1,62 @@
+"""SpeechCommands35 on a fake v0.02 tree: the official lists decide the split, labels one-hot."""
+import logging
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from datasets.speech_commands.speech_commands import WORDS, SpeechCommands35
+import fake_trees
+
+
+def _write_tree(manual):
+  for word in WORDS:
+    os.makedirs(manual / word, exist_ok=True)
+  fake_trees.write_tone(manual / 'yes/aa_nohash_0.wav', seconds=1.0, rate=16000)
+  fake_trees.write_tone(manual / 'yes/bb_nohash_0.wav', seconds=0.5, rate=44100, channels=2)
+  fake_trees.write_tone(manual / 'backward/cc_nohash_0.wav', seconds=0.5, rate=8000)
+  fake_trees.write_tone(manual / 'zero/dd_nohash_1.wav', seconds=0.5, rate=16000)
+  fake_trees.write_tone(manual / 'learn/ee_nohash_0.wav', seconds=0.5, rate=16000)
+  fake_trees.write_not_audio(manual / 'no/ff_nohash_0.wav')
+  fake_trees.write_empty(manual / 'go/gg_nohash_0.wav')
+  fake_trees.write_truncated(manual / 'up/hh_nohash_0.wav')
+  fake_trees.write_tone(manual / '_background_noise_/white_noise.wav', seconds=0.5)
+  (manual / 'README.md').write_text('not a word folder\n')
+  (manual / 'validation_list.txt').write_text('yes/bb_nohash_0.wav\ngo/gg_nohash_0.wav\n')
+  (manual / 'testing_list.txt').write_text(
+      'zero/dd_nohash_1.wav\nlearn/ee_nohash_0.wav\nsix/gone_nohash_0.wav\n')
+
+
+def test_name_does_not_collide_with_tfds():
+  assert SpeechCommands35.name == 'speech_commands35'
+  assert tfds.builder_cls('speech_commands') is not SpeechCommands35
+  assert len(WORDS) == 35 and list(WORDS) == sorted(WORDS)
+
+
+def test_build(tmp_path, caplog):
+  manual = tmp_path / 'manual'
+  _write_tree(manual)
+  with caplog.at_level(logging.WARNING):
+    sources, meta = fake_trees.build(SpeechCommands35, manual, tmp_path / 'data')
+  fake_trees.assert_skipped(meta, caplog, ['no/ff_nohash_0.wav', 'go/gg_nohash_0.wav',
+                                           'up/hh_nohash_0.wav', 'six/gone_nohash_0.wav'])
+  assert meta['class_names'] == list(WORDS) and meta['task'] == 'keywords'
+  got = {s: fake_trees.records(sources[s]) for s in ('train', 'validation', 'test')}
+  assert sorted(got['train']) == ['backward/cc_nohash_0.wav', 'yes/aa_nohash_0.wav']
+  assert sorted(got['validation']) == ['yes/bb_nohash_0.wav']
+  assert sorted(got['test']) == ['learn/ee_nohash_0.wav', 'zero/dd_nohash_1.wav']
+  lengths = {'yes/aa_nohash_0.wav': 16000}
+  for split in got.values():
+    for rel, r in split.items():
+      assert r['labels'].sum() == 1.0 and WORDS[int(np.argmax(r['labels']))] == rel.split('/')[0]
+      assert len(r['audio']) == lengths.get(rel, 8000), rel   # wav: exact after resampling
+
+
+def test_wrong_version_is_a_clear_error(tmp_path):
+  manual = tmp_path / 'manual'
+  _write_tree(manual)
+  os.rmdir(manual / 'visual')
+  os.makedirs(manual / 'sheila2')
+  with pytest.raises(ValueError, match=r"missing word folders \['visual'\].*sheila2"):
+    fake_trees.build(SpeechCommands35, manual, tmp_path / 'data')
