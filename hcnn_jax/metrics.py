@@ -10,8 +10,8 @@ the tests use as the oracle:
   `zero_division` (default 0.0, the value sklearn's default 'warn' falls back to).
 
 Macro averages skip classes with no positive or no negative example: there ROC-AUC is undefined
-(sklearn raises, reference issue #15) and AP is trivially 0 or 1. A `warnings.warn` names the skipped
-classes; the per-class arrays hold NaN there; if every class is skipped the macro value is NaN.
+(sklearn raises, reference issue #15) and AP is trivially 0 or 1. A `warnings.warn` names the
+skipped classes; the per-class arrays hold NaN there; if every class is skipped the macro is NaN.
 """
 from __future__ import annotations
 
@@ -236,7 +236,8 @@ def _best_threshold_from_data(y: np.ndarray, s: np.ndarray) -> float:
 
   Cutting between distinct scores u_{k-1} > u_k predicts the top k groups; the threshold returned
   is the midpoint (robust when applied to other data); predicting everything uses a threshold half
-  the last gap below the smallest score. Among equal F1 the highest threshold (fewest positives) wins.
+  the last gap below the smallest score. Among equal F1 the highest threshold (fewest positives)
+  wins.
   """
   order = np.argsort(-s, kind='stable')
   s, y = s[order], y[order]
