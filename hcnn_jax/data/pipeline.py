@@ -30,6 +30,7 @@ from absl import flags
 from hcnn_jax.data import chunking
 
 INT16_SCALE = 32768.0
+DEFAULT_READ_THREADS = 16  # grain's default
 
 
 def _ensure_flags_parsed() -> None:
@@ -110,8 +111,8 @@ def train_loader(source, *, input_length: int, global_batch_size: int, seed: int
   Yields {'audio': float32 (B_host, input_length), 'labels': float32 (B_host, C)} with
   B_host = global_batch_size // shard_count. num_epochs None repeats forever (batches run across
   epoch boundaries); the remainder at the very end is dropped. Each shard gets
-  len(source) // shard_count tracks of every epoch's permutation. read_threads (default grain's)
-  are the threads that read records in each worker.
+  len(source) // shard_count tracks of every epoch's permutation. read_threads (default 16, as
+  grain) read records in each worker; the read-ahead is max(2 · B_host, 2 · read_threads) records.
   """
   chunking.check_input_length(input_length)
   shard_index, shard_count = _resolve_shard(shard_index, shard_count)
@@ -136,13 +137,13 @@ def train_loader(source, *, input_length: int, global_batch_size: int, seed: int
       shard_options=grain.sharding.ShardOptions(
           shard_index=shard_index, shard_count=shard_count, drop_remainder=True),
       shuffle=True, num_epochs=num_epochs, seed=int(seed))
-  read_options = None
-  if read_threads is not None:
-    if read_threads < 1:
-      raise ValueError(f'read_threads must be >= 1, got {read_threads}.')
-    # Records are whole tracks (~1 MB for 30 s): keep the read-ahead to a few batches.
-    read_options = grain.ReadOptions(num_threads=int(read_threads),
-                                     prefetch_buffer_size=max(2 * batch, 2 * int(read_threads)))
+  read_threads = DEFAULT_READ_THREADS if read_threads is None else int(read_threads)
+  if read_threads < 1:
+    raise ValueError(f'read_threads must be >= 1, got {read_threads}.')
+  # Records are whole tracks (~1 MB for 30 s at 16 kHz): grain's default read-ahead of 500
+  # records would hold ~0.5 GB per worker, so keep it to a few batches.
+  read_options = grain.ReadOptions(num_threads=read_threads,
+                                   prefetch_buffer_size=max(2 * batch, 2 * read_threads))
   return grain.DataLoader(
       data_source=source,
       sampler=sampler,

@@ -181,6 +181,8 @@ def test_train_loader_rejects_bad_arguments():
     loader(src, shard_count=None)
   with pytest.raises(ValueError, match='input_length'):
     loader(src, input_length=0)
+  with pytest.raises(ValueError, match='read_threads'):
+    loader(src, read_threads=0)
   with pytest.raises(ValueError, match='empty'):
     loader(PositionSource([]))
 

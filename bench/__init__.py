@@ -1,0 +1,1 @@
+"""Benchmarks (throughput, memory, input pipeline): run as `python -m bench.<name>`, never in tests."""
