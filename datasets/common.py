@@ -151,7 +151,7 @@ def decode_clips(clips: Sequence[Clip], num_workers: int = 4
     it = iter(clips)
     for clip in it:
       pending.append((clip, pool.submit(work, clip)))
-      if len(pending) >= 4 * num_workers:
+      if len(pending) >= 2 * num_workers:
         break
     while pending:
       clip, future = pending.popleft()

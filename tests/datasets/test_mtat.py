@@ -1,4 +1,4 @@
-"""Mtat on a fake annotations_final.csv: top-50 columns, the hex-directory split, bad files skipped."""
+"""Mtat on a fake annotations_final.csv: top-50 columns, hex-directory split, bad files skipped."""
 import logging
 import os
 

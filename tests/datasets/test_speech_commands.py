@@ -60,3 +60,18 @@ def test_wrong_version_is_a_clear_error(tmp_path):
   os.makedirs(manual / 'sheila2')
   with pytest.raises(ValueError, match=r"missing word folders \['visual'\].*sheila2"):
     fake_trees.build(SpeechCommands35, manual, tmp_path / 'data')
+
+
+def test_decode_clips_keeps_order_serial_and_threaded(tmp_path):
+  from datasets import common
+  _write_tree(tmp_path)
+  rels = ['yes/aa_nohash_0.wav', 'no/ff_nohash_0.wav', 'yes/bb_nohash_0.wav',
+          'backward/cc_nohash_0.wav', 'go/gg_nohash_0.wav'] * 3
+  clips = [common.Clip(key=str(i), id=r, path=str(tmp_path / r), labels=np.zeros(35, np.float32))
+           for i, r in enumerate(rels)]
+  runs = [list(common.decode_clips(clips, num_workers=n)) for n in (1, 3)]
+  for run in runs:
+    assert [c.key for c, _, _ in run] == [str(i) for i in range(len(rels))]
+    assert [err is None for _, _, err in run] == [not r.startswith(('no/', 'go/')) for r in rels]
+  for (_, a, _), (_, b, _) in zip(*runs):
+    assert (a is None and b is None) or np.array_equal(a, b)
