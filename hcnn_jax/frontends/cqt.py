@@ -65,9 +65,9 @@ def cqt_kernels(sample_rate: int = 16000, fmin: float = 32.70, n_bins: int = 84,
   """Time-domain kernels, centred: (offsets (N,), kernels (N, n_bins) complex128).
 
   Row j holds each filter's weight at the sample offsets[j] relative to the frame centre; the
-  response at centre c is Σ_j x[c + offsets[j]]·kernels[j]. Values: w(m)·e^{-iω_k m}/Σw·(√l_k
-  when scale) — the conjugated, centred librosa wavelet, so the result equals librosa's inner
-  product Σ_k B[k]·X[k] up to its positive-frequency truncation (relative 1e-5).
+  response at centre c is Σ_j x[c + offsets[j]]·kernels[j]. Values: w(m)·e^{-iω_k m}/Σw times √l_k
+  (scale=True) or l_k (scale=False) — librosa's wavelet, so the result equals librosa's
+  full-rate inner product Σ_k B[k]·X[k] up to its positive-frequency truncation (~1e-5).
   """
   _check(sample_rate, 1, fmin, n_bins, bins_per_octave, filter_scale)
   freqs = cqt_frequencies(n_bins, fmin, bins_per_octave)
@@ -79,8 +79,9 @@ def cqt_kernels(sample_rate: int = 16000, fmin: float = 32.70, n_bins: int = 84,
     m = np.arange(np.floor(-length / 2), np.floor(length / 2))
     window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(len(m)) / len(m))  # periodic Hann
     filt = window * np.exp(2j * np.pi * freq * m / sample_rate) / window.sum()
-    if scale:
-      filt *= np.sqrt(length)
+    # librosa's unscaled response carries a factor l_k (its FFT basis is rescaled by l_k/n_fft);
+    # scale=True divides that by √l_k, as norm='ortho' would.
+    filt *= np.sqrt(length) if scale else length
     # librosa's inner product pairs its filter at m with x[c − m], so it lands at offset −m.
     kernels[(-m - lo).astype(int), k] = filt
   return offsets, kernels
