@@ -251,3 +251,12 @@ def test_eval_early_stop_and_bad_arguments():
     next(pipeline.eval_batches(src, input_length=1_000, tracks_per_batch=0))
   with pytest.raises(ValueError, match='num_chunks'):
     pipeline.eval_batches(src, input_length=1_000, num_chunks=0, tracks_per_batch=2)
+
+
+def test_default_shard_is_the_jax_process():
+  import jax
+  src = PositionSource(LONG)
+  (batch,) = take(pipeline.train_loader(src, input_length=1_000, global_batch_size=4, seed=0), 1)
+  assert batch['audio'].shape == (4 // jax.process_count(), 1_000)
+  (ev,) = take(pipeline.eval_batches(src, input_length=1_000, num_chunks=2, tracks_per_batch=3), 1)
+  np.testing.assert_array_equal(ev['index'], np.arange(3) * jax.process_count() + jax.process_index())
