@@ -1,0 +1,7 @@
+"""hcnn-jax: the Harmonic CNN and the CNN music-tagging zoo in JAX/Flax.
+
+Subpackages: `frontends` (waveform → features), `models` (back-ends, `get_model`), `data`,
+`tasks`, `metrics`, `training`, `tools`. They are imported on use, so `import hcnn_jax` stays
+light.
+"""
+__version__ = '0.1.0'
