@@ -1,0 +1,244 @@
+"""synth_gm: the soundfont, the scores and tags, the builder, and the clips "listened to in numbers"."""
+from __future__ import annotations
+
+import sys
+
+import librosa
+import numpy as np
+import pretty_midi
+import pytest
+import tensorflow_datasets as tfds
+
+from datasets.synth_gm import clips, compose, render
+from datasets.synth_gm.synth_gm import SynthGm, SynthGmConfig
+
+
+@pytest.fixture(scope='module')
+def tiny_dir(tmp_path_factory):
+  """A TFDS data_dir holding synth_gm/tiny, built once for this module."""
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  SynthGm(data_dir=data_dir, config='tiny', file_format='array_record',
+          num_workers=1).download_and_prepare()
+  return data_dir
+
+
+@pytest.fixture(scope='module')
+def tiny(tiny_dir):
+  return tfds.builder('synth_gm/tiny', data_dir=tiny_dir)
+
+
+def _note_rms(program: int, is_drum: bool = False) -> float:
+  midi = pretty_midi.PrettyMIDI()
+  inst = pretty_midi.Instrument(program=program, is_drum=is_drum)
+  for k, pitch in enumerate((36, 38, 42) if is_drum else (60,)):
+    inst.notes.append(pretty_midi.Note(velocity=100, pitch=pitch, start=0.1 * k, end=0.4))
+  midi.instruments.append(inst)
+  return float(np.sqrt(np.mean(render.render(midi, 8000) ** 2)))
+
+
+# ---- The soundfont ---------------------------------------------------------------------------
+
+def test_soundfont_has_every_gm_program_and_the_kits_we_use():
+  missing = [p for p in range(128) if render.preset_name(p) is None]
+  assert not missing, f'TimGM6mb lacks GM programs {missing}'
+  for kit in compose.DRUM_KITS.values():
+    assert render.preset_name(kit, is_drum=True) is not None, kit
+
+
+def test_every_program_and_kit_the_generator_uses_sounds():
+  used = sorted({p for roles in compose.FAMILIES.values() for ps in roles.values() for p in ps})
+  silent = [p for p in used if not _note_rms(p) > 1e-4]
+  assert not silent, f'programs render silence: {silent}'
+  silent_kits = [k for k in compose.DRUM_KITS.values() if not _note_rms(k, is_drum=True) > 1e-4]
+  assert not silent_kits, f'drum kits render silence: {silent_kits}'
+
+
+def test_render_is_stateless_between_clips():
+  # The soundfont object is cached per process: a clip must not hear the tail of the previous one.
+  first = clips.make_clip(3, 'train', 5, 2.0).audio
+  clips.make_clip(3, 'train', 6, 2.0)
+  again = clips.make_clip(3, 'train', 5, 2.0).audio
+  assert first.tobytes() == again.tobytes()
+  assert first.tobytes() != clips.make_clip(3, 'train', 6, 2.0).audio.tobytes()
+
+
+# ---- Scores and tags -------------------------------------------------------------------------
+
+def test_tags_are_many_unique_and_cover_the_issue():
+  assert len(compose.TAGS) >= 20
+  assert len(set(compose.TAGS)) == len(compose.TAGS)
+  for tag in ('piano', 'organ', 'guitar', 'bass', 'strings', 'violin', 'cello', 'brass', 'trumpet',
+              'sax', 'flute', 'clarinet', 'choir', 'synth', 'drums', 'no_drums', 'fast', 'slow',
+              'loud', 'quiet', 'high', 'low', 'solo', 'ensemble'):
+    assert tag in compose.TAGS
+  for members in compose.INSTRUMENT_TAGS.values():
+    assert members and all(0 <= p < 128 for p in members)
+
+
+def test_score_tag_frequencies_are_useful_and_distinct():
+  n, seconds = 300, 8.0
+  rows = []
+  for i in range(n):
+    score = compose.compose(clips.clip_rng(1, 'train', i), seconds)
+    rows.append(compose.multi_hot(compose.score_tags(score, seconds)))
+  labels = np.stack(rows)
+  freq = dict(zip(compose.TAGS, labels.mean(0)))
+  for tag in set(compose.TAGS) - {'loud', 'quiet'}:  # those two need the rendered audio
+    assert 0.03 <= freq[tag] <= 0.7, (tag, freq[tag])
+  assert np.all(labels[:, compose.TAGS.index('drums')] + labels[:, compose.TAGS.index('no_drums')] == 1)
+  corr = np.corrcoef(labels[:, [compose.TAGS.index(t) for t in set(compose.TAGS) - {'loud', 'quiet'}]].T)
+  np.fill_diagonal(corr, 0.0)
+  # Only drums/no_drums are complements; every other pair must carry its own information.
+  strong = np.argwhere(np.abs(corr) > 0.9)
+  names = [t for t in set(compose.TAGS) - {'loud', 'quiet'}]
+  pairs = {frozenset((names[a], names[b])) for a, b in strong}
+  assert pairs <= {frozenset(('drums', 'no_drums'))}, pairs
+
+
+def test_tags_follow_the_score():
+  score = compose.compose(clips.clip_rng(5, 'train', 0), 6.0)
+  tags = compose.score_tags(score, 6.0)
+  programs = {p.program for p in score.parts if not p.is_drum}
+  for tag, members in compose.INSTRUMENT_TAGS.items():
+    assert (tag in tags) == bool(programs & members), tag
+  assert ('drums' in tags) == any(p.is_drum for p in score.parts)
+  assert ('fast' in tags) == (score.tempo >= compose.FAST_BPM)
+  assert ('slow' in tags) == (score.tempo <= compose.SLOW_BPM)
+
+
+def test_multi_hot_rejects_unknown_tags():
+  with pytest.raises(ValueError, match='Unknown tags'):
+    compose.multi_hot(frozenset({'kazoo'}))
+
+
+def test_clip_is_deterministic_int16_with_headroom():
+  a = clips.make_clip(42, 'validation', 17, 3.0)
+  b = clips.make_clip(42, 'validation', 17, 3.0)
+  assert a.audio.dtype == np.int16 and a.audio.shape == (3 * clips.SAMPLE_RATE,)
+  assert a.audio.tobytes() == b.audio.tobytes() and a.tags == b.tags
+  assert np.abs(a.audio.astype(np.int32)).max() <= round(clips.PEAK_CEILING * 32767)
+  assert a.id == 'validation/000017'
+  other = clips.make_clip(43, 'validation', 17, 3.0)
+  assert other.audio.tobytes() != a.audio.tobytes()
+
+
+# ---- The builder -----------------------------------------------------------------------------
+
+def test_features_splits_and_ids(tiny, tiny_dir):
+  features = tiny.info.features
+  assert features['audio'].np_dtype == np.int16 and features['audio'].shape == (None,)
+  assert features['labels'].np_dtype == np.float32
+  assert features['labels'].shape == (len(compose.TAGS),)
+  assert isinstance(features['id'], tfds.features.Text)
+  cfg = tiny.builder_config
+  ids = {}
+  for split, n in cfg.split_sizes().items():
+    assert tiny.info.splits[split].num_examples == n > 0
+    ids[split] = set()
+  source = tfds.data_source('synth_gm/tiny', data_dir=tiny_dir)
+  for split in ids:
+    for record in source[split]:
+      assert record['audio'].dtype == np.int16
+      assert record['audio'].shape == (int(cfg.clip_seconds * clips.SAMPLE_RATE),)
+      assert record['labels'].dtype == np.float32 and set(np.unique(record['labels'])) <= {0.0, 1.0}
+      ids[split].add(record['id'].decode() if isinstance(record['id'], bytes) else record['id'])
+    assert len(ids[split]) == cfg.split_sizes()[split]
+  assert not (ids['train'] & ids['validation']) and not (ids['train'] & ids['test'])
+  assert not (ids['validation'] & ids['test'])
+  assert 'tensorflow' not in sys.modules  # built and read back without TensorFlow
+
+
+def test_metadata(tiny, tiny_dir):
+  meta = tiny.info.metadata
+  assert list(meta['class_names']) == list(compose.TAGS)
+  assert meta['sample_rate'] == 16000 and meta['task'] == 'tagging'
+  assert meta['skipped_files'] == 0 and list(meta['skipped']) == []
+  source = tfds.data_source('synth_gm/tiny', data_dir=tiny_dir)
+  for split in ('train', 'validation', 'test'):
+    labels = np.stack([r['labels'] for r in source[split]])
+    assert meta['tag_counts'][split] == dict(zip(compose.TAGS, labels.sum(0).astype(int).tolist()))
+
+
+def test_stored_clip_equals_a_fresh_render(tiny, tiny_dir):
+  cfg = tiny.builder_config
+  source = tfds.data_source('synth_gm/tiny', data_dir=tiny_dir)
+  by_id = {r['id'].decode(): r for r in source['test']}
+  fresh = clips.make_clip(cfg.seed, 'test', 3, cfg.clip_seconds)
+  assert by_id[fresh.id]['audio'].tobytes() == fresh.audio.tobytes()
+  np.testing.assert_array_equal(by_id[fresh.id]['labels'], fresh.labels)
+
+
+def test_parallel_build_writes_the_same_bytes(tmp_path):
+  cfg = SynthGmConfig(name='par', num_train=48, num_validation=8, num_test=8, clip_seconds=1.0,
+                      seed=9)
+  builder = SynthGm(data_dir=str(tmp_path), config=cfg, file_format='array_record', num_workers=2)
+  builder.download_and_prepare()
+  source = builder.as_data_source()
+  for split, index in (('train', 0), ('train', 47), ('test', 7)):
+    record = next(r for r in source[split] if r['id'].decode() == f'{split}/{index:06d}')
+    assert record['audio'].tobytes() == clips.make_clip(9, split, index, 1.0).audio.tobytes()
+
+
+def test_bad_configs_fail_clearly(tmp_path):
+  with pytest.raises(ValueError, match='num_workers'):
+    SynthGm(data_dir=str(tmp_path), config='tiny', num_workers=0)
+  cfg = SynthGmConfig(name='empty', num_train=0, num_validation=1, num_test=1, clip_seconds=1.0)
+  with pytest.raises(ValueError, match='num_train'):
+    SynthGm(data_dir=str(tmp_path), config=cfg, file_format='array_record').download_and_prepare()
+
+
+# ---- Listening in numbers --------------------------------------------------------------------
+
+def _auc(x: np.ndarray, in_tag: np.ndarray) -> float:
+  """P(statistic of a tagged clip > that of an untagged one) (Mann-Whitney), ties count half."""
+  a, b = x[in_tag][:, None], x[~in_tag][None, :]
+  return float(np.mean(a > b) + 0.5 * np.mean(a == b))
+
+
+@pytest.fixture(scope='module')
+def heard():
+  """Statistics of 64 rendered 4 s clips, computed with librosa/numpy, and their tags."""
+  sr, n_fft = clips.SAMPLE_RATE, 2048
+  freqs = librosa.fft_frequencies(sr=sr, n_fft=n_fft)
+  band = (freqs >= 50) & (freqs <= 4000)
+  stats, tags = [], []
+  for i in range(64):
+    clip = clips.make_clip(7, 'listen', i, 4.0)
+    y = clip.audio.astype(np.float32) / 32768.0
+    mag = np.abs(librosa.stft(y, n_fft=n_fft, hop_length=512))
+    power = mag[band] ** 2
+    stats.append(dict(
+        rms_db=20 * np.log10(np.sqrt(np.mean(y ** 2)) + 1e-9),
+        onset_rate=len(librosa.onset.onset_detect(y=y, sr=sr, hop_length=256, units='time')) / 4.0,
+        flatness=float(np.median(librosa.feature.spectral_flatness(S=mag))),
+        # Spectral centroid on a log-frequency axis (octaves), where pitch register lives.
+        log_centroid=float(np.sum(power * np.log2(freqs[band])[:, None]) / np.sum(power)),
+    ))
+    tags.append(clip.tags)
+  stats = {k: np.array([s[k] for s in stats]) for k in stats[0]}
+  has = {t: np.array([t in ts for ts in tags]) for t in compose.TAGS}
+  return stats, has
+
+
+@pytest.mark.parametrize('tag, stat, subset, direction', [
+    ('loud', 'rms_db', None, +1), ('quiet', 'rms_db', None, -1),
+    ('fast', 'onset_rate', None, +1), ('slow', 'onset_rate', None, -1),
+    ('drums', 'flatness', None, +1), ('no_drums', 'flatness', None, -1),
+    # Drums are broadband whatever the register, so pitch height is compared among drum-less clips.
+    ('high', 'log_centroid', 'no_drums', +1), ('low', 'log_centroid', 'no_drums', -1),
+    ('ensemble', 'flatness', None, +1), ('solo', 'flatness', None, -1),
+])
+def test_tagged_clips_sound_different(heard, tag, stat, subset, direction):
+  stats, has = heard
+  keep = has[subset] if subset else np.ones_like(has[tag])
+  in_tag = has[tag][keep]
+  assert in_tag.sum() >= 4 and (~in_tag).sum() >= 4, f'too few clips to compare for {tag}'
+  auc = _auc(stats[stat][keep], in_tag)
+  score = auc if direction > 0 else 1.0 - auc
+  assert score >= 0.75, f'{tag}: {stat} separates tagged clips from the rest with AUC {auc:.2f}'
+
+
+def test_loud_and_quiet_are_far_apart(heard):
+  stats, has = heard
+  gap = np.median(stats['rms_db'][has['loud']]) - np.median(stats['rms_db'][has['quiet']])
+  assert gap >= 12.0, gap
