@@ -1,0 +1,450 @@
+"""The training loop: `train_and_evaluate(config, workdir)` and `evaluate(config, workdir, split)`.
+
+One run, in order (reference section 4):
+1. the config is checked (`config_check.validate`) before any data is read or anything compiled;
+2. the latest checkpoint in `workdir/checkpoints` is restored if there is one: train state, grain
+   iterator state and bookkeeping (epochs done, phase, best so far), so a resumed run continues
+   bit-for-bit where the saved one was;
+3. each epoch: enter the schedule's phase for it (a phase switch reloads the best weights and
+   changes the optimiser or its lr, `optim.enter_phase`), `steps_per_epoch` steps, track-level
+   validation (`eval_chunks` chunks per track, mean of the predictions), the best checkpoint by the
+   task's selection metric (validation loss, as sota) in `workdir/best`, a checkpoint;
+4. the best checkpoint is evaluated on `final_eval_split` (test): `metrics.json`, `per_class.csv`
+   and `per_class.md`.
+
+Guards: the step never applies a non-finite update and records the first bad step in
+`state.nonfinite_step`; the host reads it at every log step, before every save and at every epoch
+end, and stops with `FloatingPointError` naming the step and the last good checkpoint, which no
+poisoned state ever overwrites. Pending asynchronous saves are always finished before returning or
+raising.
+
+Outputs in the workdir: `config.json`, `checkpoints/`, `best/`, `metrics.csv`, `tensorboard/`,
+`metrics.json`, `per_class.csv`, `per_class.md`.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from hcnn_jax import tasks
+from hcnn_jax.data import pipeline, sources
+from hcnn_jax.training import checkpoint as ckpt_lib
+from hcnn_jax.training import config_check, optim, parallel, schedule
+from hcnn_jax.training import state as state_lib
+from hcnn_jax.training import writers
+
+log = logging.getLogger(__name__)
+PyTree = Any
+
+
+# ------------------------------------------------------------------------------------------ setup
+
+def _load_split(config: ml_collections.ConfigDict, split: str):
+  ds = config.dataset
+  data_dir = ds.get('data_dir') or None
+  if data_dir is not None:
+    data_dir = os.path.expanduser(data_dir)
+  return sources.load(ds.name, split, data_dir, ds.get('config_name') or None)
+
+
+def _task(config: ml_collections.ConfigDict, metadata: Dict[str, Any]) -> tasks.Task:
+  kind = config.get('task') or metadata.get('task')
+  if kind is None:
+    raise ValueError(f'task: dataset {config.dataset.name!r} names no task in its metadata; set '
+                     f'config.task to one of {list(tasks.KINDS)}')
+  if config.get('task') and metadata.get('task') and config.task != metadata['task']:
+    log.warning('config.task %r overrides the dataset\'s task %r.', config.task, metadata['task'])
+  return tasks.get_task(kind, config.get('selection_metric'), config.get('selection_mode'))
+
+
+def _show_progress(config) -> bool:
+  return bool(config.get('progress_bar', True)) and jax.process_index() == 0
+
+
+def _write_json(path: str, obj: Any) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(_json_safe(obj), f, indent=2, sort_keys=True)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def _json_safe(obj: Any) -> Any:
+  """NaN/inf → None and numpy scalars → Python, so the files are strict JSON."""
+  if isinstance(obj, dict):
+    return {str(k): _json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_json_safe(v) for v in obj]
+  if isinstance(obj, (np.generic, np.ndarray)):
+    obj = obj.tolist()
+    return _json_safe(obj) if isinstance(obj, list) else obj
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  return obj
+
+
+def _flatten(d: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def _warn_config_changes(saved: Optional[Dict[str, Any]], config) -> None:
+  if not saved:
+    return
+  now = _flatten(ckpt_lib.config_to_dict(config))
+  before = _flatten(saved)
+  changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+  if changed:
+    log.warning('Resuming with a config that differs from the checkpoint\'s in %s; the run is '
+                'no longer an exact continuation.', changed)
+
+
+# ------------------------------------------------------------------------------------ evaluation
+
+def _evaluate_source(eval_fn: Callable, variables: PyTree, source, config, task: tasks.Task,
+                     class_names: List[str], mesh, desc: str) -> Dict[str, Any]:
+  """Track-level metrics of `source`: the task's metrics of chunk-averaged predictions + loss."""
+  shard_index, shard_count = jax.process_index(), jax.process_count()
+  tracks_per_batch = int(config.eval_tracks_per_batch)
+  batches = pipeline.eval_batches(
+      source, input_length=int(config.input_length), num_chunks=int(config.eval_chunks),
+      tracks_per_batch=tracks_per_batch, shard_index=shard_index, shard_count=shard_count)
+  total = pipeline.num_eval_batches(len(source), tracks_per_batch, shard_count)
+  parts: Dict[str, List[np.ndarray]] = {'probs': [], 'loss': [], 'labels': [], 'mask': []}
+  for batch in tqdm(batches, total=total, desc=desc, unit='batch', leave=False,
+                    disable=not _show_progress(config), dynamic_ncols=True):
+    device_batch = parallel.shard_batch(
+        {'audio': batch['audio'], 'labels': batch['labels'], 'mask': batch['mask']}, mesh)
+    out = eval_fn(variables, device_batch)
+    # Labels and mask travel through the devices with the outputs, so that after the gather of
+    # a multi-host run every row still sits next to its own label.
+    host = parallel.to_host({'probs': out['probs'], 'loss': out['loss'],
+                             'labels': device_batch['labels'], 'mask': device_batch['mask']})
+    for key in parts:
+      parts[key].append(np.asarray(host[key]))
+  arrays = {k: np.concatenate(v) for k, v in parts.items()}
+  mask = arrays['mask'].astype(bool)
+  probs, labels, losses = arrays['probs'][mask], arrays['labels'][mask], arrays['loss'][mask]
+  loss = float(np.mean(losses)) if losses.size else float('nan')
+  if not np.all(np.isfinite(probs)):
+    log.warning('%s: non-finite predictions on %d tracks; only the loss is reported.', desc,
+                int(np.sum(~np.all(np.isfinite(probs), axis=1))))
+    return {'loss': loss, 'num_examples': int(mask.sum())}
+  result = dict(task.metrics(probs, labels, class_names=class_names))
+  result['loss'] = loss
+  result['positives'] = dict(zip(class_names, np.sum(labels > 0, axis=0).astype(int).tolist()))
+  return result
+
+
+def _per_class_rows(result: Dict[str, Any], class_names: List[str]) -> Tuple[List[str], List]:
+  per_class = result.get('per_class') or {}
+  columns = ['class', 'positives'] + sorted(per_class)
+  rows = []
+  for name in class_names:
+    row = [name, result.get('positives', {}).get(name)]
+    row += [per_class[m].get(name) for m in sorted(per_class)]
+    rows.append(row)
+  return columns, rows
+
+
+def _fmt(value) -> str:
+  if value is None:
+    return ''
+  if isinstance(value, float):
+    return 'n/a' if not math.isfinite(value) else f'{value:.4f}'
+  return str(value)
+
+
+def write_results(workdir: str, result: Dict[str, Any], class_names: List[str],
+                  suffix: str = '') -> None:
+  """`metrics{suffix}.json`, `per_class{suffix}.csv` and `per_class{suffix}.md` in `workdir`."""
+  _write_json(os.path.join(workdir, f'metrics{suffix}.json'), result)
+  columns, rows = _per_class_rows(result, class_names)
+  with open(os.path.join(workdir, f'per_class{suffix}.csv'), 'w', newline='') as f:
+    w = csv.writer(f)
+    w.writerow(columns)
+    w.writerows([[('' if v is None else v) for v in row] for row in rows])
+  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+  lines += ['| ' + ' | '.join(_fmt(v) for v in row) + ' |' for row in rows]
+  scalars = {k: v for k, v in result.items() if isinstance(v, (int, float))
+             and not isinstance(v, bool)}
+  head = [f'# {result.get("split", "")} metrics'.rstrip(), '']
+  head += [f'- {k}: {_fmt(float(v)) if isinstance(v, float) else v}'
+           for k, v in sorted(scalars.items())]
+  with open(os.path.join(workdir, f'per_class{suffix}.md'), 'w') as f:
+    f.write('\n'.join(head + [''] + lines) + '\n')
+
+
+# ---------------------------------------------------------------------------------- bookkeeping
+
+def _fresh_book() -> Dict[str, Any]:
+  return {'epochs_done': 0, 'epoch_start_step': 0, 'phase': None, 'best_value': None,
+          'best_epoch': None, 'best_step': None}
+
+
+def _meta(book: Dict[str, Any], class_names: List[str], task: tasks.Task) -> Dict[str, Any]:
+  return {'bookkeeping': dict(book), 'class_names': list(class_names), 'task': task.kind,
+          'selection_metric': task.selection_metric, 'selection_mode': task.selection_mode}
+
+
+class _Guard:
+  """Stops the run at the first non-finite step, naming it and the last good checkpoint."""
+
+  def __init__(self, ckpts: ckpt_lib.RunCheckpoints):
+    self.ckpts = ckpts
+
+  def check(self, state: state_lib.TrainState) -> None:
+    bad = int(jax.device_get(state.nonfinite_step))
+    if bad < 0:
+      return
+    self.ckpts.wait()
+    last = self.ckpts.path(self.ckpts.latest_step())
+    where = last or 'none (the failure came before the first checkpoint)'
+    raise FloatingPointError(f'non-finite loss or gradient at step {bad}; last good checkpoint: '
+                             f'{where}')
+
+
+def _abstract_state(model, tx, rng, input_length: int, mesh) -> PyTree:
+  """Shapes, dtypes and shardings of a fresh state, without computing one (restore target)."""
+  abstract = jax.eval_shape(lambda r: state_lib.create_train_state(model, tx, r, input_length),
+                            rng)
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      abstract)
+
+
+def _enter_phase(index: int, phase_list: List[schedule.Phase], previous: Optional[int],
+                 state: state_lib.TrainState, ckpts: ckpt_lib.RunCheckpoints, mesh,
+                 ) -> Tuple[state_lib.TrainState, Optional[Any], Dict[str, float]]:
+  """The state entering phase `index` from phase `previous`, the new tx (if any), log entries."""
+  new = phase_list[index]
+  prev = None if previous is None else phase_list[previous]
+  logged = {'schedule/phase': float(index)}
+  if new.reload_best and prev is not None:
+    if ckpts.best_step() is None:
+      log.warning('Phase %d asks to reload the best weights, but no epoch had a usable '
+                  'validation score yet; continuing with the current ones.', index)
+    else:
+      variables, _ = ckpts.restore_best({'params': state.params,
+                                         'batch_stats': state.batch_stats})
+      state = state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
+      logged['schedule/reloaded_best_step'] = float(ckpts.best_step())
+      log.info('Phase %d: reloaded the best weights (step %d).', index, ckpts.best_step())
+  entry = optim.enter_phase(new, prev, state.params, state.opt_state)
+  state = parallel.replicate(state.replace(opt_state=entry.opt_state), mesh)
+  log.info('Phase %d from epoch %d: %s lr %g (%s).', index, new.start_epoch, new.optimizer_name,
+           new.learning_rate, 'new optimiser' if entry.action == 'init' else 'lr change')
+  return state, entry.tx, logged
+
+
+# ------------------------------------------------------------------------------------- training
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Trains `config` in `workdir` (resuming what is there) and returns the final test metrics.
+
+  Returns the task's metrics of the best checkpoint on `config.final_eval_split` (default
+  'test'): scalars such as `loss`, `roc_auc`, `pr_auc` / `accuracy` / `f1@0.1`, plus `per_class`
+  and `positives` tables, `split`, `checkpoint`, `best_epoch` and `step`.
+  """
+  parallel.maybe_initialize_distributed()
+  config_check.validate(config)
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+
+  train_source, metadata = _load_split(config, 'train')
+  val_source, _ = _load_split(config, 'validation')
+  class_names = [str(c) for c in metadata['class_names']]
+  task = _task(config, metadata)
+  batch_size = int(config.batch_size)
+  steps_per_epoch = config.get('steps_per_epoch') or pipeline.steps_per_epoch(
+      len(train_source), batch_size, jax.process_count())
+  if steps_per_epoch < 1:
+    raise ValueError(f'batch_size: the train split of {config.dataset.name!r} has '
+                     f'{len(train_source)} tracks, fewer than one batch of {batch_size}; lower '
+                     'batch_size')
+  phase_list = schedule.phases(config, steps_per_epoch)
+  model = config_check.build_model(config, len(class_names), bn_axis_name=parallel.DATA_AXIS)
+  mesh = parallel.make_mesh()
+  log_every = int(config.get('log_every_steps') or 50)
+  ckpt_every = int(config.get('checkpoint_every_steps') or 0)
+  if is_main:
+    _write_json(os.path.join(workdir, 'config.json'), ckpt_lib.config_to_dict(config))
+
+  ckpts = ckpt_lib.RunCheckpoints(workdir, max_to_keep=int(config.get('checkpoints_to_keep')
+                                                           or 2))
+  writer = None
+  try:
+    latest = ckpts.latest_step()
+    book = _fresh_book()
+    rng = jax.random.PRNGKey(int(config.seed))
+    data_state = None
+    if latest is None:
+      book['phase'] = 0
+      tx = optim.make_optimizer(phase_list[0])
+      state = parallel.replicate(
+          state_lib.create_train_state(model, tx, rng, int(config.input_length)), mesh)
+    else:
+      saved_meta = ckpts.restore_meta(latest)
+      book.update(saved_meta['bookkeeping'])
+      _warn_config_changes(saved_meta.get('config'), config)
+      tx = optim.make_optimizer(phase_list[book['phase']])
+      template = _abstract_state(model, tx, rng, int(config.input_length), mesh)
+      state, data_state, _ = ckpts.restore(template, latest)
+      log.info('Resumed from %s (epoch %d done).', ckpts.path(latest), book['epochs_done'])
+
+    loader = pipeline.train_loader(
+        train_source, input_length=int(config.input_length), global_batch_size=batch_size,
+        seed=int(config.seed), worker_count=int(config.get('worker_count') or 0))
+    data_iter = iter(loader)
+    if data_state is not None:
+      data_iter.set_state(data_state)
+    train_fn = parallel.make_train_step(model, task.loss, tx, mesh)
+    eval_fn = parallel.make_eval_step(model, task.loss, task.predict, mesh)
+    writer = writers.MetricWriter(workdir, resume_step=latest, enabled=is_main)
+    guard = _Guard(ckpts)
+    step = int(jax.device_get(state.step))
+    num_epochs = int(config.num_epochs)
+
+    def save(state):
+      guard.check(state)  # never overwrite the last good checkpoint with a poisoned state
+      ckpts.save(step, state, data_state=data_iter.get_state(),
+                 meta=_meta(book, class_names, task), config=config)
+
+    for epoch in range(book['epochs_done'] + 1, num_epochs + 1):
+      index = phase_list.index(schedule.phase_at(epoch, phase_list))
+      if index != book['phase']:
+        state, new_tx, logged = _enter_phase(index, phase_list, book['phase'], state, ckpts,
+                                             mesh)
+        book['phase'] = index
+        writer.write_scalars(step, logged)
+        if new_tx is not None:
+          train_fn = parallel.make_train_step(model, task.loss, new_tx, mesh)
+      done = step - book['epoch_start_step']
+      window: List[Dict[str, jax.Array]] = []
+      bar = tqdm(total=steps_per_epoch, initial=done, desc=f'epoch {epoch}/{num_epochs}',
+                 unit='step', disable=not _show_progress(config), dynamic_ncols=True)
+      tick, tick_step = time.time(), step
+      for i in range(done, steps_per_epoch):
+        batch = parallel.shard_batch(next(data_iter), mesh)
+        state, metrics = train_fn(state, batch)
+        step += 1
+        window.append(metrics)
+        bar.update(1)
+        last = i == steps_per_epoch - 1
+        if step % log_every == 0 or last:
+          guard.check(state)
+          host = jax.device_get(window)
+          now = time.time()
+          logged = {k: float(np.mean([m[k] for m in host])) for k in ('loss', 'grad_norm')}
+          logged['lr'] = float(jax.device_get(optim.learning_rate(state.opt_state)))
+          logged['steps_per_sec'] = (step - tick_step) / max(now - tick, 1e-9)
+          writer.write_scalars(step, logged, prefix='train/')
+          bar.set_postfix(loss=f'{logged["loss"]:.4f}')
+          window, tick, tick_step = [], now, step
+        if ckpt_every and step % ckpt_every == 0 and not last:
+          save(state)
+      bar.close()
+
+      guard.check(state)
+      val = _evaluate_source(eval_fn, state_lib.variables(state), val_source, config, task,
+                             class_names, mesh, desc=f'validation {epoch}')
+      writer.write_scalars(step, {**val, 'epoch': epoch}, prefix='val/')
+      if task.selection_metric not in val:
+        raise ValueError(f'selection_metric: {task.selection_metric!r} is not among the '
+                         f'validation metrics {sorted(k for k in val if k != "per_class")}')
+      value = float(val[task.selection_metric])
+      if task.is_better(value, book['best_value']):
+        book.update(best_value=value, best_epoch=epoch, best_step=step)
+        ckpts.save_best(step, state_lib.variables(state), meta=_meta(book, class_names, task),
+                        config=config)
+      book.update(epochs_done=epoch, epoch_start_step=step)
+      log.info('epoch %d/%d step %d: validation %s %.5f (best %.5f at epoch %s)', epoch,
+               num_epochs, step, task.selection_metric, value,
+               book['best_value'] if book['best_value'] is not None else float('nan'),
+               book['best_epoch'])
+      save(state)
+    ckpts.wait()
+
+    # Final evaluation of the best weights (the last ones if no epoch had a usable score).
+    split = config.get('final_eval_split') or 'test'
+    eval_source, _ = _load_split(config, split)
+    if ckpts.best_step() is not None:
+      variables, _ = ckpts.restore_best(state_lib.variables(state))
+      used = ckpts.best_path()
+    else:
+      log.warning('No best checkpoint (no usable validation score); evaluating the last state.')
+      variables, used = state_lib.variables(state), ckpts.path(ckpts.latest_step())
+    result = _evaluate_source(eval_fn, variables, eval_source, config, task, class_names, mesh,
+                              desc=split)
+    result.update(split=split, checkpoint=used, best_epoch=book['best_epoch'], step=step)
+    writer.write_scalars(step, result, prefix=f'{split}/')
+    if is_main:
+      write_results(workdir, result, class_names)
+    return result
+  finally:
+    if writer is not None:
+      writer.close()
+    ckpts.close()  # finishes pending saves: a failed run keeps its last good checkpoint
+
+
+# ----------------------------------------------------------------------------- evaluation only
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, split: str = 'test',
+             checkpoint: str = 'best') -> Dict[str, Any]:
+  """Track-level evaluation of a trained run on `split`; writes `metrics_<split>.json` and the
+  per-tag table `per_class_<split>.csv` / `.md` into `workdir`.
+
+  checkpoint: 'best' (workdir/best), 'latest' (the newest periodic checkpoint) or a path to any
+  checkpoint directory.
+  """
+  parallel.maybe_initialize_distributed()
+  config_check.validate(config)
+  if split not in config_check.SPLITS:
+    raise ValueError(f'split: {split!r}; use one of {list(config_check.SPLITS)}')
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  if checkpoint == 'best':
+    path = os.path.join(workdir, ckpt_lib.BEST_DIR)
+  elif checkpoint == 'latest':
+    path = os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR)
+  else:
+    path = checkpoint
+  variables, meta, saved_config = ckpt_lib.restore_variables(path)
+  saved_model = (saved_config.get('model') or {}).get('name')
+  if saved_model and saved_model != config.model.name:
+    raise ValueError(f'model.name: the checkpoint in {path} was trained as {saved_model!r}, but '
+                     f'the config builds {config.model.name!r}; pass the run\'s own config')
+  source, metadata = _load_split(config, split)
+  class_names = [str(c) for c in meta['class_names']]
+  if [str(c) for c in metadata['class_names']] != class_names:
+    raise ValueError(f'dataset: the {split} split of {config.dataset.name!r} has classes '
+                     f'{metadata["class_names"]}, the checkpoint {class_names}; evaluate on the '
+                     'dataset the model was trained on')
+  task = _task(config, metadata)
+  model = config_check.build_model(config, len(class_names), bn_axis_name=parallel.DATA_AXIS)
+  mesh = parallel.make_mesh()
+  eval_fn = parallel.make_eval_step(model, task.loss, task.predict, mesh)
+  variables = parallel.replicate(variables, mesh)
+  result = _evaluate_source(eval_fn, variables, source, config, task, class_names, mesh,
+                            desc=split)
+  result.update(split=split, checkpoint=os.path.abspath(path),
+                best_epoch=meta.get('bookkeeping', {}).get('best_epoch'))
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    write_results(workdir, result, class_names, suffix=f'_{split}')
+  return result

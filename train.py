@@ -1,0 +1,70 @@
+"""Trains a model from a config and evaluates its best checkpoint on the test split.
+
+    python train.py --config hcnn_jax/configs/hcnn_synth_tiny.py --workdir runs/synth_tiny
+    python train.py --config hcnn_jax/configs/hcnn_mtat.py --workdir runs/mtat \
+        --config.dataset.data_dir=/data/tfds --config.batch_size=32
+
+Everything is in the workdir: checkpoints/ (periodic, for resume), best/ (best by validation),
+metrics.csv, tensorboard/, metrics.json and per_class.{csv,md}. Running the same command again
+resumes the run exactly where its last checkpoint left it. A config naming the embedded `synth_gm`
+dataset builds it first when it is not prepared yet.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from hcnn_jax.training import config_check, loop, parallel, writers
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    'config', None, 'Run config: hcnn_jax/configs/<name>.py[:arg]; override keys with '
+    '--config.<key>=<value>.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, logs and results. A run already '
+                    'there is resumed.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def ensure_embedded_dataset(config) -> None:
+  """Builds `synth_gm` into dataset.data_dir when a config names it and it is not there yet."""
+  if config.dataset.name != 'synth_gm':
+    return
+  import jax  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+  from datasets import build, is_built  # pylint: disable=import-outside-toplevel
+  data_dir = os.path.expanduser(config.dataset.data_dir)
+  name = config.dataset.config_name or None
+  if jax.process_index() == 0 and not is_built('synth_gm', data_dir, name):
+    logging.getLogger('hcnn_jax').info('Building the embedded dataset synth_gm (%s) in %s ...',
+                                       name or 'default', data_dir)
+    build('synth_gm', data_dir, name)
+  if jax.process_count() > 1:  # the others wait for the files (shared storage)
+    multihost_utils.sync_global_devices('synth_gm built')
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  writers.configure_cli_logging()
+  config = FLAGS.config
+  try:
+    parallel.maybe_initialize_distributed()  # before anything touches the devices
+    config_check.validate(config)  # fail in seconds, before a dataset build or a compile
+    ensure_embedded_dataset(config)
+    result = loop.train_and_evaluate(config, FLAGS.workdir)
+  except (ValueError, FloatingPointError) as err:
+    # User-fixable problems: one clear message, no traceback; the workdir keeps its checkpoints.
+    print(f'train.py: error: {err}', file=sys.stderr)
+    sys.exit(1)
+  scalars = {k: v for k, v in result.items() if isinstance(v, float)}
+  print(f'{result["split"]} metrics of {result["checkpoint"]}: ' +
+        ', '.join(f'{k} {v:.4f}' for k, v in sorted(scalars.items())))
+
+
+if __name__ == '__main__':
+  app.run(main)
