@@ -16,7 +16,7 @@ from datasets.synth_gm import compose, render
 SAMPLE_RATE = render.SAMPLE_RATE
 # Fixed gain from the soundfont's raw output to the stored mix. Chosen so that the loudest clips
 # (loud dynamics, four parts and drums) peak below full scale; measured over 2,000 default clips.
-OUTPUT_GAIN_DB = -8.0
+OUTPUT_GAIN_DB = -4.0
 # Peak ceiling of the stored int16 audio (-1 dBFS). A clip that would exceed it is attenuated as a
 # whole (no per-clip normalisation and no limiter, so loud stays loud and quiet stays quiet).
 PEAK_CEILING = 10 ** (-1.0 / 20.0)

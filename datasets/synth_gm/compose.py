@@ -172,15 +172,11 @@ def _degree_pitch(tonic: int, scale: Sequence[int], degree: int, base: int) -> i
   return base + tonic + scale[step] + 12 * octave
 
 
-def _chord_pitches(tonic, scale, degree, centre, size, seventh):
-  """A close voicing of the chord on `degree` near `centre`."""
+def _chord_pitches(tonic, scale, degree, centre, seventh):
+  """A close voicing (each tone within the octave from centre - 6) of the chord on `degree`."""
   degrees = [degree, degree + 2, degree + 4] + ([degree + 6] if seventh else [])
-  pcs = [_degree_pitch(tonic, scale, d, 0) % 12 for d in degrees[:max(size, 3)]]
-  out = []
-  for pc in pcs:
-    p = centre - 6 + (pc - (centre - 6)) % 12
-    out.append(p)
-  return sorted(out)
+  low = centre - 6
+  return sorted(low + (_degree_pitch(tonic, scale, d, 0) - low) % 12 for d in degrees)
 
 
 def _vel(rng, centre, accent=0.0):
@@ -232,7 +228,7 @@ def _chords(inst, rng, ctx, centre, program, style=None):
   seventh = rng.random() < 0.3
   for bar in range(n_bars):
     pitches = [_fold(p, program) for p in
-               _chord_pitches(tonic, scale, prog[bar % len(prog)], centre, 3, seventh)]
+               _chord_pitches(tonic, scale, prog[bar % len(prog)], centre, seventh)]
     t0 = bar * 4 * beat
     if style == 'arpeggio':
       order = pitches + pitches[-2:0:-1]
@@ -255,7 +251,7 @@ def _pad(inst, rng, ctx, centre, program):
                                                            'vel'))
   seventh = rng.random() < 0.4
   for bar in range(n_bars):
-    pitches = _chord_pitches(tonic, scale, prog[bar % len(prog)], centre, 4, seventh)
+    pitches = _chord_pitches(tonic, scale, prog[bar % len(prog)], centre, seventh)
     for p in pitches:
       _add(inst, rng, _fold(p, program), bar * 4 * beat, (bar + 1) * 4 * beat + 0.02, _vel(rng, vel - 10))
 
@@ -389,8 +385,8 @@ def compose(rng: np.random.Generator, seconds: float) -> Score:
   # dynamics more than its number of instruments. TinySoundFont's CC7 curve is 60*log10(v/127) dB
   # (measured), so v = 127 * 10**(dB / 60).
   for inst, part in zip(midi.instruments, parts):
-    db = _ROLE_DB[part.role] - 10.0 * np.log10(n_instruments) + 6.0
-    value = int(np.clip(round(127 * 10 ** (min(db, 0.0) / 60.0)), 1, 127))
+    db = _ROLE_DB[part.role] - 10.0 * np.log10(n_instruments)
+    value = int(np.clip(round(127 * 10 ** (db / 60.0)), 1, 127))
     inst.control_changes.append(pretty_midi.ControlChange(7, value, 0.0))
 
   key = f"{pretty_midi.note_number_to_name(60 + tonic)[:-1]} {mode}"

@@ -79,7 +79,7 @@ class SynthGm(tfds.core.ShardBasedBuilder):
                     'CPU in minutes; builds in well under two minutes.',
                     num_train=1500, num_validation=250, num_test=250, clip_seconds=8.0, seed=2020),
       SynthGmConfig(name='large', description='MTAT scale: 21,108 clips of 29.1 s in the MTAT '
-                    'split sizes (about 20 GB).',
+                    'split sizes (about 15 GB).',
                     num_train=15247, num_validation=1529, num_test=4332, clip_seconds=29.1,
                     seed=2021),
   ]
