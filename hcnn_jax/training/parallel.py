@@ -15,6 +15,7 @@ reads replicated outputs directly or sharded ones through `to_host`.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -142,16 +143,30 @@ def to_host(tree: PyTree) -> PyTree:
   return jax.device_get(tree)
 
 
-def _with_data_axis(model: nn.Module) -> nn.Module:
-  # BatchNorm must average over the global batch for N devices to match one; set the axis here so
-  # no caller can forget it.
-  name = getattr(model, 'bn_axis_name', None)
-  if name is None and hasattr(model, 'bn_axis_name'):
-    return model.clone(bn_axis_name=DATA_AXIS)
-  if name not in (None, DATA_AXIS):
-    raise ValueError(f'model has bn_axis_name={name!r}, but the mesh axis is {DATA_AXIS!r}; '
-                     f'build it with bn_axis_name={DATA_AXIS!r} or None')
-  return model
+def _with_data_axis(module: nn.Module) -> nn.Module:
+  """`module` with `bn_axis_name='data'` on it and on every sub-module held in a field.
+
+  BatchNorm must average over the global batch for N devices to match one, so the step sets the
+  axis itself and no caller can forget it. A composite model (the registry's Classifier exposes
+  its back-end's axis as a read-only property) gets it through its front-end and back-end fields.
+  """
+  updates = {}
+  for field in dataclasses.fields(module):
+    if field.name in ('parent', 'name'):
+      continue
+    value = getattr(module, field.name)
+    if field.name == 'bn_axis_name':
+      if value not in (None, DATA_AXIS):
+        raise ValueError(f'{type(module).__name__} has bn_axis_name={value!r}, but the mesh axis '
+                         f'is {DATA_AXIS!r}; build the model with bn_axis_name={DATA_AXIS!r} or '
+                         'None')
+      if value is None:
+        updates['bn_axis_name'] = DATA_AXIS
+    elif isinstance(value, nn.Module):
+      synced = _with_data_axis(value)
+      if synced is not value:
+        updates[field.name] = synced
+  return module.clone(**updates) if updates else module
 
 
 def make_train_step(model: nn.Module, loss_fn: Callable, tx: optax.GradientTransformation,

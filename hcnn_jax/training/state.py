@@ -6,6 +6,7 @@ typed key so that checkpoints hold a plain integer array.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Dict
 
 import jax
@@ -50,11 +51,17 @@ def init_variables(model: nn.Module, rng: jnp.ndarray, input_length: int) -> Dic
   if not isinstance(input_length, int) or isinstance(input_length, bool) or input_length <= 0:
     raise ValueError(f'input_length must be a positive number of samples, got {input_length!r}; '
                      'set it in the config (the model default is registry.default_input_length).')
-  params_rng, dropout_rng = jax.random.split(_as_raw_key(rng))
+  return _init(model, _as_raw_key(rng), input_length)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _init(model: nn.Module, rng: jnp.ndarray, input_length: int) -> Dict[str, PyTree]:
+  # Jitted with the (hashable) module static: one compile per model and length, not per call.
+  params_rng, dropout_rng = jax.random.split(rng)
   # train=False: BatchNorm creates its statistics without a cross-device mean (there is no mesh
   # axis here) and without averaging over a batch of one.
-  init = jax.jit(lambda r: model.init(r, jnp.zeros((1, input_length), jnp.float32), train=False))
-  variables = init({'params': params_rng, 'dropout': dropout_rng})
+  variables = model.init({'params': params_rng, 'dropout': dropout_rng},
+                         jnp.zeros((1, input_length), jnp.float32), train=False)
   return {'params': _float32(variables['params']),
           'batch_stats': variables.get('batch_stats', {})}
 

@@ -53,23 +53,28 @@ def test_sharded_eval_matches_one_device_and_rejects_indivisible_batches(worker)
   assert 'multiple of 4' in ev['indivisible_error'] and "'audio'" in ev['indivisible_error']
 
 
-def test_train_step_compiles_to_one_gradient_all_reduce(worker):
+@pytest.mark.parametrize('model', ['collectives', 'hcnn_collectives'])
+def test_train_step_compiles_to_one_gradient_all_reduce(worker, model):
   """Issue 7: one program per step, and one all-reduce carries the whole gradient sync.
 
   Besides it each synced BatchNorm layer adds one all-reduce in the forward pass (its batch
   mean and mean of squares, concatenated by Flax) and one in the backward pass (the transpose of
-  that mean); sequential layers depend on each other, so XLA cannot merge them: 2K + 1 for K
-  layers. The sync buffer holds every gradient, the loss and the BatchNorm statistics.
+  that mean); sequential layers depend on each other, so XLA cannot merge them: 2K + 1 in all
+  for K layers (HCNN: K = 14, the front-end's BatchNorm over the harmonics, 12 in the seven
+  blocks and one in the head, so 29). The one sync buffer holds every gradient, the loss and the
+  BatchNorm running statistics.
   """
-  co = worker['collectives']
-  assert co['num_devices'] == 8
+  co = worker[model]
+  assert co['num_devices'] == 8 and co['programs'] == 1
   k = co['bn_layers']
-  assert k >= 1
-  assert co['other'] == 1, co
-  assert co['sync_sizes'] == [co['expected_sync_size']], co
+  assert k >= 2
+  assert co['sync'] == 1 and co['sync_sizes'] == [co['expected_sync_size']], co
   assert co['forward_bn'] == k and co['backward_bn'] == k, co
+  assert co['forward_bn_size'] == co['num_stats'], co
   assert co['total'] == 2 * k + 1, co
   assert co['all_gather_or_reduce_scatter'] == 0
+  if model == 'hcnn_collectives':
+    assert k == 14 and co['total'] == 29
 
 
 def test_make_mesh_spans_all_devices_on_one_data_axis():
@@ -87,11 +92,15 @@ def test_shard_batch_rejects_strings():
 
 
 def test_make_train_step_syncs_batchnorm_or_rejects_a_foreign_axis():
+  # The registry's models are Classifiers whose front-end and back-end each hold the axis.
+  hcnn = parallel._with_data_axis(_models.make_hcnn(3))
+  assert hcnn.frontend.bn_axis_name == 'data' and hcnn.backend.bn_axis_name == 'data'
+  assert hcnn.bn_axis_name == 'data'
   model = _models.make_model(3)
-  assert parallel._with_data_axis(model).bn_axis_name == 'data'
+  foreign = model.clone(frontend=model.frontend.clone(bn_axis_name='batch'))
   mesh = parallel.make_mesh(jax.devices()[:1])
-  with pytest.raises(ValueError, match='bn_axis_name'):
-    parallel.make_train_step(model.clone(bn_axis_name='batch'), _models.bce, optax.sgd(0.1), mesh)
+  with pytest.raises(ValueError, match="bn_axis_name='batch'"):
+    parallel.make_train_step(foreign, _models.bce, optax.sgd(0.1), mesh)
 
 
 _LAUNCHER_VARS = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID', 'SLURM_JOB_ID',

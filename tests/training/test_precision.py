@@ -66,3 +66,33 @@ def test_bfloat16_policy_through_a_train_step():
   # The update is not lost to bf16 rounding: float32 parameters moved.
   assert any(not np.array_equal(a, b) for a, b in
              zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)))
+
+
+def test_hcnn_bfloat16_dtypes_from_shapes_alone():
+  """The real HCNN under the policy, traced with `jax.eval_shape` (nothing compiled or run)."""
+  model = _models.make_hcnn(3, dtype=precision.compute_dtype('bfloat16'))
+  length = _models.HCNN_INPUT_LENGTH
+  tx = optax.adam(1e-3)
+  state = jax.eval_shape(lambda: state_lib.create_train_state(model, tx, jax.random.PRNGKey(0),
+                                                              length))
+  assert _float_dtypes(state.params) == {jnp.dtype(jnp.float32)}
+  assert _float_dtypes(state.opt_state) == {jnp.dtype(jnp.float32)}
+  assert _float_dtypes(state.batch_stats) == {jnp.dtype(jnp.float32)}
+
+  audio = jax.ShapeDtypeStruct((2, length), jnp.float32)
+  _, inter = jax.eval_shape(
+      lambda v, a: model.apply(v, a, train=False, capture_intermediates=True,
+                               mutable=['intermediates']),
+      state_lib.variables(state), audio)
+  conv_outputs = {'/'.join(str(getattr(k, 'key', k)) for k in path): leaf.dtype
+                  for path, leaf in jax.tree_util.tree_leaves_with_path(inter)
+                  if any('Conv' in str(getattr(k, 'key', '')) for k in path)}
+  assert conv_outputs and set(conv_outputs.values()) == {jnp.dtype(jnp.bfloat16)}, conv_outputs
+
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  train_step = parallel.make_train_step(model, _models.bce, tx, mesh, donate=False)
+  batch = {'audio': audio, 'labels': jax.ShapeDtypeStruct((2, 3), jnp.float32)}
+  new, metrics = jax.eval_shape(train_step, state, batch)
+  assert _float_dtypes(new.params) == {jnp.dtype(jnp.float32)}
+  assert _float_dtypes(new.batch_stats) == {jnp.dtype(jnp.float32)}
+  assert {m.dtype for m in metrics.values()} == {jnp.dtype(jnp.float32)}
