@@ -2,10 +2,18 @@
 
 A builder subclasses `ManualAudioBuilder`, names its classes and task, and turns the user's
 manual_dir into a list of `Clip`s per split (`_make_splits`). This module decodes each clip with
-`hcnn_jax.data.audio.load_audio` (16 kHz mono), stores it as int16, and skips files that fail to
-decode: each skip is logged as a warning naming the file and the reason, and lands in
+`hcnn_jax.data.audio.load_audio` (16 kHz mono), stores it as int16 raw bytes, and skips files that
+fail to decode: each skip is logged as a warning naming the file and the reason, and lands in
 `info.metadata['skipped_files']` / `['skipped']`, which TFDS writes to metadata.json at the end of
-the build (the metadata is saved after every split generator has run, in this process).
+the build (the metadata is saved after every shard has been written, in this process).
+
+The builders are `tfds.core.ShardBasedBuilder`s, not `GeneratorBasedBuilder`s: the latter pass
+every example through TFDS's shuffler, which spills a split of more than 1 GB
+(`tensorflow_datasets.core.shuffle.MAX_MEM_BUFFER_SIZE`) to temporary files through `tf.io.gfile`
+and so needs TensorFlow, which we do not install; MTAT's train split alone is ~14 GB. Here each
+split is cut, in key order, into shards of about `SHARD_BYTES` of audio (sized from each clip's
+expected length) and written one shard at a time, so memory stays at one shard whatever the split.
+Records are in key order within a split; the data pipeline shuffles.
 """
 from __future__ import annotations
 
@@ -14,6 +22,7 @@ import collections
 import concurrent.futures
 import csv
 import dataclasses
+import functools
 import logging
 import os
 import pickle
@@ -29,23 +38,35 @@ TASKS = ('tagging', 'keywords', 'events')
 SPLITS = ('train', 'validation', 'test')
 # Missing audio can run to thousands of files (MSD); past this many, warnings are summarised.
 MAX_LOGGED_SKIPS = 50
+# Target size of one shard's audio. TFDS's shard writer holds a shard's examples in memory while it
+# writes them, so this bounds the build's memory (plus the decoder threads' few clips).
+SHARD_BYTES = 256 << 20
+_BYTES_PER_SECOND = 2 * SAMPLE_RATE  # int16 mono
 
 log = logging.getLogger('datasets')
 
 
 @dataclasses.dataclass(frozen=True)
 class Clip:
-  """One example to decode: `key` is unique within its split, `id` is stored in the record."""
+  """One example to decode: `key` is unique within its split, `id` is stored in the record.
+
+  `seconds` is the expected length of the stored audio, used only to size shards; None means the
+  builder's typical `CLIP_SECONDS`.
+  """
   key: str
   id: str
   path: str
   labels: np.ndarray
+  seconds: float | None = None
 
 
 def features(num_classes: int) -> tfds.features.FeaturesDict:
   """The features every builder stores (docs/architecture.md)."""
   return tfds.features.FeaturesDict({
-      'audio': tfds.features.Tensor(shape=(None,), dtype=np.int16),
+      # Raw bytes (2 per sample): the default encoding widens int16 to int64 varints, 1-10 bytes a
+      # sample (~6 on full-scale noise). Readers still get int16 (n,).
+      'audio': tfds.features.Tensor(shape=(None,), dtype=np.int16,
+                                    encoding=tfds.features.Encoding.BYTES),
       'labels': tfds.features.Tensor(shape=(num_classes,), dtype=np.float32),
       'id': tfds.features.Text(),
   })
@@ -129,6 +150,29 @@ def safe_unpickle(path: str):
                      'original split file.') from e
 
 
+def plan_shards(clips: Sequence[Clip], clip_seconds: float,
+                shard_bytes: int = SHARD_BYTES) -> list[list[Clip]]:
+  """Consecutive runs of `clips` whose expected int16 audio fits in `shard_bytes` each.
+
+  A clip's expected length is `clip.seconds`, else `clip_seconds`. Every shard holds at least one
+  clip, so a clip longer than the budget gets a shard of its own.
+  """
+  if not clip_seconds > 0 or shard_bytes < 1:
+    raise ValueError(f'plan_shards needs clip_seconds > 0 and shard_bytes >= 1, got '
+                     f'{clip_seconds} and {shard_bytes}.')
+  shards: list[list[Clip]] = []
+  size = 0
+  for clip in clips:
+    seconds = clip_seconds if clip.seconds is None else max(float(clip.seconds), 0.0)
+    nbytes = seconds * _BYTES_PER_SECOND
+    if not shards or size + nbytes > shard_bytes:
+      shards.append([])
+      size = 0
+    shards[-1].append(clip)
+    size += nbytes
+  return shards
+
+
 def decode_clips(clips: Sequence[Clip], num_workers: int = 4
                  ) -> Iterator[tuple[Clip, np.ndarray | None, AudioError | None]]:
   """(clip, 16 kHz mono float32 audio or None, AudioError or None), in the order of `clips`.
@@ -161,19 +205,26 @@ def decode_clips(clips: Sequence[Clip], num_workers: int = 4
       yield (clip, *future.result())
 
 
-class ManualAudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class ManualAudioBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
   """Base of the builders that read official files the user put in manual_dir.
 
-  Subclasses set CLASS_NAMES, TASK, README and implement `_make_splits(root)`; they may override
-  `_transform(audio)` to change what is stored (e.g. an excerpt).
+  Subclasses set CLASS_NAMES, TASK, README, CLIP_SECONDS and implement `_make_splits(root)`; they
+  may override `_transform(audio)` to change what is stored (e.g. an excerpt).
   """
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'First release.',
+      '1.1.0': 'Audio stored as raw int16 bytes, not int64 varints; shard-by-shard writing '
+               'without TensorFlow; records in key order.',
+  }
   CLASS_NAMES: Sequence[str] = ()
   TASK = 'tagging'
   HOMEPAGE = ''
   README = 'the README.md next to the builder'
   DECODE_WORKERS = 4
+  # Typical stored clip length (s), for the shard plan of clips without their own `seconds`.
+  CLIP_SECONDS = 30.0
+  SHARD_BYTES = SHARD_BYTES
 
   def __init__(self, *, file_format=None, **kwargs):
     # array_record is the only format that builds and reads without TensorFlow.
@@ -200,26 +251,47 @@ class ManualAudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     if md['skipped_files'] <= MAX_LOGGED_SKIPS:
       log.warning('%s: skipping %s: %s', self.name, path, reason)
 
-  def _split_generators(self, dl_manager):
+  def _shard_iterators_per_split(self, dl_manager):
     root = manual_dir(dl_manager)
     self._root = root
     self.info.metadata['skipped_files'] = 0
     self.info.metadata['skipped'] = []
-    splits = self._make_splits(root)
-    return {name: self._generate_examples(clips) for name, clips in splits.items()}
+    plan = {}
+    for split, clips in self._make_splits(root).items():
+      clips = sorted(clips, key=lambda c: c.key)
+      if not clips:
+        raise ValueError(f'{self.name}: the {split} split has no clips in {root}; put the '
+                         f'official files there as described in {self.README}.')
+      for a, b in zip(clips, clips[1:]):
+        if a.key == b.key:
+          raise ValueError(f'{self.name}: key {a.key!r} appears twice in the {split} split '
+                           f'({a.path}, {b.path}); the index files are damaged, use the '
+                           'official ones.')
+      plan[split] = [functools.partial(self._generate_examples, shard)
+                     for shard in plan_shards(clips, self.CLIP_SECONDS, self.SHARD_BYTES)]
+    return plan
+
+  def _download_and_prepare(self, dl_manager, download_config=None):
+    super()._download_and_prepare(dl_manager, download_config)
+    skipped = self.info.metadata['skipped_files']
+    if skipped > MAX_LOGGED_SKIPS:
+      log.warning('%s: %d files skipped (only the first %d were logged); all are listed in '
+                  "info.metadata['skipped'].", self.name, skipped, MAX_LOGGED_SKIPS)
+    empty = sorted(name for name, split in self.info.splits.items() if split.num_examples == 0)
+    if empty:
+      raise ValueError(f'{self.name}: no file of the {", ".join(empty)} split(s) could be '
+                       "decoded (see the warnings and info.metadata['skipped']); check the "
+                       f'audio in manual_dir against {self.README}.')
 
   def _relative(self, path: str) -> str:
     rel = os.path.relpath(path, self._root)
     return path if rel.startswith('..') else rel
 
-  def _generate_examples(self, clips):
+  def _generate_examples(self, clips: Sequence[Clip]):
+    """The examples of one shard, in the order of `clips`; undecodable files are skipped."""
     for clip, audio, err in decode_clips(clips, self.DECODE_WORKERS):
       if err is not None:
         self.skip(self._relative(err.path), err.reason)
         continue
       yield clip.key, {'audio': to_int16(self._transform(audio)), 'labels': clip.labels,
                        'id': clip.id}
-    skipped = self.info.metadata['skipped_files']
-    if skipped > MAX_LOGGED_SKIPS:
-      log.warning('%s: %d files skipped so far (only the first %d were logged); all are listed '
-                  "in info.metadata['skipped'].", self.name, skipped, MAX_LOGGED_SKIPS)

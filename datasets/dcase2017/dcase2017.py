@@ -74,6 +74,7 @@ class Dcase2017Task4(common.ManualAudioBuilder):
   """
   CLASS_NAMES = CLASSES
   TASK = 'events'
+  CLIP_SECONDS = 10.0
   HOMEPAGE = 'https://dcase.community/challenge2017/task-large-scale-sound-event-detection'
   README = 'datasets/dcase2017/README.md'
   MANUAL_DOWNLOAD_INSTRUCTIONS = (

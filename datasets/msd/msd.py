@@ -72,6 +72,7 @@ class Msd(common.ManualAudioBuilder):
                                '28,435 ids.')]
   CLASS_NAMES = TAGS
   TASK = 'tagging'
+  CLIP_SECONDS = 30.0  # 7digital previews
   HOMEPAGE = 'https://github.com/keunwoochoi/MSD_split_for_tagging'
   README = 'datasets/msd/README.md'
   MANUAL_DOWNLOAD_INSTRUCTIONS = (

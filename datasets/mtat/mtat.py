@@ -41,6 +41,7 @@ class Mtat(common.ManualAudioBuilder):
   """
   CLASS_NAMES = TAGS
   TASK = 'tagging'
+  CLIP_SECONDS = 29.1
   HOMEPAGE = 'https://mirg.city.ac.uk/codeapps/the-magnatagatune-dataset'
   README = 'datasets/mtat/README.md'
   MANUAL_DOWNLOAD_INSTRUCTIONS = (

@@ -21,6 +21,7 @@ class SpeechCommands35(common.ManualAudioBuilder):
   """
   CLASS_NAMES = WORDS
   TASK = 'keywords'
+  CLIP_SECONDS = 1.0
   HOMEPAGE = 'https://arxiv.org/abs/1804.03209'
   README = 'datasets/speech_commands/README.md'
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
