@@ -47,8 +47,8 @@ def centre_excerpt(audio: np.ndarray, num_samples: int) -> np.ndarray:
   return audio[start:start + num_samples]
 
 
-def read_split(path: str) -> list[tuple[str, str, list[str]]]:
-  """(track_id, relative audio path, tags) per row of an autotagging TSV."""
+def read_split(path: str) -> list[tuple[str, str, float, list[str]]]:
+  """(track_id, relative audio path, duration in seconds, tags) per row of an autotagging TSV."""
   rows = common.read_tsv(path)
   if not rows or tuple(c.strip() for c in rows[0][:6]) != HEADER:
     raise ValueError(f'{path}: expected the header {"<TAB>".join(HEADER)}; use the official '
@@ -57,12 +57,17 @@ def read_split(path: str) -> list[tuple[str, str, list[str]]]:
   for line, row in enumerate(rows[1:], start=2):
     if len(row) < 6:
       raise ValueError(f'{path}:{line}: fewer than 6 tab-separated fields; the file is damaged.')
+    try:
+      duration = float(row[4])
+    except ValueError as e:
+      raise ValueError(f'{path}:{line}: DURATION {row[4]!r} is not a number of seconds; the '
+                       'file is damaged.') from e
     tags = [t.strip() for t in row[5:] if t.strip()]
     unknown = sorted(set(tags) - set(TAGS))
     if unknown:
       raise ValueError(f'{path}:{line}: tags {unknown} are not among the top-50; use the '
                        'autotagging_top50tags split files.')
-    out.append((row[0].strip(), row[3].strip(), tags))
+    out.append((row[0].strip(), row[3].strip(), duration, tags))
   return out
 
 
@@ -80,11 +85,18 @@ class MtgJamendo(common.ManualAudioBuilder):
   ]
   CLASS_NAMES = TAGS
   TASK = 'tagging'
+  # The mean track length; each clip's shard-plan length comes from the TSV's DURATION instead.
+  CLIP_SECONDS = 245.0
   HOMEPAGE = 'https://mtg.github.io/mtg-jamendo-dataset/'
   README = 'datasets/mtg_jamendo/README.md'
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Put autotagging_top50tags-{train,validation,test}.tsv (data/splits/split-0) and the '
       'audio folders 00/ ... 99/ directly in manual_dir; see datasets/mtg_jamendo/README.md.')
+
+  def _stored_seconds(self, duration: float) -> float:
+    """Expected stored length of a track of `duration` s (what the shard plan counts)."""
+    seconds = self.builder_config.excerpt_seconds
+    return duration if seconds is None else min(duration, seconds)
 
   def _transform(self, audio):
     seconds = self.builder_config.excerpt_seconds
@@ -106,6 +118,7 @@ class MtgJamendo(common.ManualAudioBuilder):
     for split, path in zip(SPLIT_FILES, paths):
       splits[split] = [
           common.Clip(key=track, id=track, path=self._audio_path(root, rel),
-                      labels=common.multi_hot((index[t] for t in tags), len(TAGS)))
-          for track, rel, tags in read_split(path)]
+                      labels=common.multi_hot((index[t] for t in tags), len(TAGS)),
+                      seconds=self._stored_seconds(duration))
+          for track, rel, duration, tags in read_split(path)]
     return splits

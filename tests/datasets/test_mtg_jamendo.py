@@ -5,6 +5,8 @@ import os
 import numpy as np
 import pytest
 
+from datasets import common
+
 from datasets.mtg_jamendo.mtg_jamendo import (TAGS, MtgJamendo, MtgJamendoConfig,
                                               centre_excerpt)
 import fake_trees
@@ -50,9 +52,12 @@ def test_centre_excerpt():
   np.testing.assert_array_equal(centre_excerpt(x, 20), x)
 
 
-def test_build_full_tracks(tmp_path, caplog):
+def test_build_full_tracks(tmp_path, caplog, monkeypatch):
   manual = tmp_path / 'manual'
   _write_tree(manual)
+  # Shards of 450 s of audio: the TSV says 200 s a track, so two tracks a shard (the 245 s
+  # default would give one).
+  monkeypatch.setattr(MtgJamendo, 'SHARD_BYTES', 450 * 2 * common.SAMPLE_RATE)
   with caplog.at_level(logging.WARNING):
     sources, meta = fake_trees.build(MtgJamendo, manual, tmp_path / 'data')
   fake_trees.assert_skipped(meta, caplog, ['00/900.mp3', '16/416.mp3', '21/521.mp3'])
@@ -69,17 +74,35 @@ def test_build_full_tracks(tmp_path, caplog):
   assert ids == {'train': ['track_0000214', 'track_0000301'],
                  'validation': ['track_0000415'],
                  'test': ['track_0000520', 'track_0000522']}
+  splits = MtgJamendo(data_dir=str(tmp_path / 'data')).info.splits
+  # train: (214, 301) then (900: not audio); test: (520, 521: truncated) then (522).
+  assert splits['train'].shard_lengths == [2, 0]
+  assert splits['validation'].shard_lengths == [1]
+  assert splits['test'].shard_lengths == [1, 1]
 
 
-def test_build_excerpt_config(tmp_path):
+def test_build_excerpt_config(tmp_path, monkeypatch):
   manual = tmp_path / 'manual'
   _write_tree(manual)
+  # Excerpts of 0.2 s: the whole train split fits in one shard of 450 s.
+  monkeypatch.setattr(MtgJamendo, 'SHARD_BYTES', 450 * 2 * common.SAMPLE_RATE)
   config = MtgJamendoConfig(name='excerpt_tiny', excerpt_seconds=0.2)
   sources, meta = fake_trees.build(MtgJamendo, manual, tmp_path / 'data', config=config)
   assert meta['skipped_files'] == 3
   for split in ('train', 'validation', 'test'):
     for r in fake_trees.records(sources[split]).values():
       assert len(r['audio']) == 3200
+  splits = MtgJamendo(data_dir=str(tmp_path / 'data'), config=config).info.splits
+  assert splits['train'].shard_lengths == [2]
+
+
+def test_bad_duration_is_a_clear_error(tmp_path):
+  manual = tmp_path / 'manual'
+  _write_tree(manual)
+  path = manual / 'autotagging_top50tags-train.tsv'
+  path.write_text(path.read_text().replace('\t200.0\t', '\tlong\t', 1))
+  with pytest.raises(ValueError, match=r"train.tsv:2: DURATION 'long' is not a number"):
+    fake_trees.build(MtgJamendo, manual, tmp_path / 'data')
 
 
 def test_unknown_tag_is_a_clear_error(tmp_path):
