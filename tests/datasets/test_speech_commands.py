@@ -7,6 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from datasets.speech_commands.speech_commands import WORDS, SpeechCommands35
+from hcnn_jax.data import sources as data_sources
 import fake_trees
 
 
@@ -51,6 +52,17 @@ def test_build(tmp_path, caplog):
     for rel, r in split.items():
       assert r['labels'].sum() == 1.0 and WORDS[int(np.argmax(r['labels']))] == rel.split('/')[0]
       assert len(r['audio']) == lengths.get(rel, 8000), rel   # wav: exact after resampling
+
+  # The training pipeline's reader sees the same records, in key order, audio int16 (n,).
+  source, info = data_sources.load('speech_commands35', 'train', str(tmp_path / 'data'))
+  assert info['num_classes'] == 35 and info['task'] == 'keywords'
+  assert info['splits'] == {'train': 2, 'validation': 1, 'test': 2}
+  assert info['skipped_files'] == 4 and len(info['skipped']) == 4
+  ids = [source[i]['id'].decode() for i in range(len(source))]
+  assert ids == ['backward/cc_nohash_0.wav', 'yes/aa_nohash_0.wav']
+  first = source[0]
+  assert first['audio'].dtype == np.int16 and first['audio'].shape == (8000,)
+  np.testing.assert_array_equal(first['audio'], got['train']['backward/cc_nohash_0.wav']['audio'])
 
 
 def test_wrong_version_is_a_clear_error(tmp_path):
