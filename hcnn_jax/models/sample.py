@@ -8,8 +8,9 @@ conv(1). 59,049 = 3^10 samples go 19,683 → 6,561 → … → 1, then:
 - + SE: Dense(512) → BN → ReLU → Dropout → Dense(num_classes).
 
 `channels` lists every layer (11 in the reference: 128, 128, 128, 256 × 6, 512, 512); a shorter
-list keeps the first-stride / pool-3 / conv(1) pattern and needs 3^(n − 1) samples. What is left
-of the length after the last layer (a longer input) is reduced by a global max.
+list keeps the first-stride / pool-3 / conv(1) pattern and needs about 3^(n − 1) samples
+(`min_length()`). What is left of the length after the last layer (a longer input) is reduced by
+a global max.
 """
 from __future__ import annotations
 
@@ -59,6 +60,14 @@ class SampleCNNBackend(nn.Module):
       out.append(n)
     return tuple(out)
 
+  def min_length(self) -> int:
+    """The fewest samples that leave every layer at least one position."""
+    need = 1
+    for _, kernel, stride, pool in reversed(self.layers()):
+      need *= pool  # floor pooling keeps `need` positions from `need · pool`
+      need = (need - 1) * stride + kernel - 2 * (kernel // 2)
+    return need
+
   def check_input(self, shape: Sequence[int]) -> None:
     """Raises ValueError unless features are a raw waveform (L, 1, C) long enough for the stack."""
     if len(shape) != 3 or shape[1] != 1:
@@ -68,10 +77,10 @@ class SampleCNNBackend(nn.Module):
                        '(fcn, short_chunk, hcnn, attention, ...) with a spectrogram front-end.')
     lengths = self.lengths(shape[0])
     if min(lengths) < 1:
-      need = 3 ** (len(self.layers()) - 1)
-      raise ValueError(f'{self._owner()} needs at least {need:,} samples ({len(self.layers())} '
-                       f'layers: stride 3, then {len(self.layers()) - 2} pools of 3); got '
-                       f'{shape[0]:,}, reduced to lengths {lengths}.')
+      depth = len(self.layers())
+      raise ValueError(f'{self._owner()} needs at least {self.min_length():,} samples ({depth} '
+                       f'layers: stride 3, then {depth - 2} pools of 3); got {shape[0]:,}, '
+                       f'reduced to lengths {lengths}.')
 
   @nn.compact
   def __call__(self, x, train: bool = False):
