@@ -52,9 +52,11 @@ def config_to_dict(config: ml_collections.ConfigDict) -> Dict[str, Any]:
 
 def _manager(directory: str, items, *, max_to_keep: Optional[int], read_only: bool = False,
              async_save: bool = True) -> ocp.CheckpointManager:
+  # Readers neither create nor clean anything (a run may be writing there right now); orbax's own
+  # read_only mode would do the same but warns on every open.
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
-      cleanup_tmp_directories=not read_only, enable_async_checkpointing=async_save)
+      max_to_keep=max_to_keep, create=not read_only, cleanup_tmp_directories=not read_only,
+      enable_async_checkpointing=async_save)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=items)
 
 

@@ -219,15 +219,6 @@ class _Guard:
                              f'{where}')
 
 
-def _abstract_state(model, tx, rng, input_length: int, mesh) -> PyTree:
-  """Shapes, dtypes and shardings of a fresh state, without computing one (restore target)."""
-  abstract = jax.eval_shape(lambda r: state_lib.create_train_state(model, tx, r, input_length),
-                            rng)
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                      abstract)
-
-
 def _enter_phase(index: int, phase_list: List[schedule.Phase], previous: Optional[int],
                  state: state_lib.TrainState, ckpts: ckpt_lib.RunCheckpoints, mesh,
                  ) -> Tuple[state_lib.TrainState, Optional[Any], Dict[str, float]]:
@@ -296,16 +287,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     data_state = None
     if latest is None:
       book['phase'] = 0
-      tx = optim.make_optimizer(phase_list[0])
-      state = parallel.replicate(
-          state_lib.create_train_state(model, tx, rng, int(config.input_length)), mesh)
     else:
       saved_meta = ckpts.restore_meta(latest)
       book.update(saved_meta['bookkeeping'])
       _warn_config_changes(saved_meta.get('config'), config)
-      tx = optim.make_optimizer(phase_list[book['phase']])
-      template = _abstract_state(model, tx, rng, int(config.input_length), mesh)
-      state, data_state, _ = ckpts.restore(template, latest)
+    # On resume the fresh state is the restore target: structure (the saved phase's optimiser
+    # state), dtypes and the replicated sharding.
+    tx = optim.make_optimizer(phase_list[book['phase']])
+    state = parallel.replicate(
+        state_lib.create_train_state(model, tx, rng, int(config.input_length)), mesh)
+    if latest is not None:
+      state, data_state, _ = ckpts.restore(state, latest)
       log.info('Resumed from %s (epoch %d done).', ckpts.path(latest), book['epochs_done'])
 
     loader = pipeline.train_loader(

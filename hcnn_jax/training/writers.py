@@ -14,6 +14,7 @@ import csv
 import logging
 import math
 import os
+import sys
 import time
 from typing import Mapping, Optional
 
@@ -48,6 +49,25 @@ def _truncate_csv(path: str, keep_up_to_step: int) -> None:
   os.replace(tmp, path)
 
 
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without PyTorch.
+
+  tensorboardX tries `import torch` at import time only to accept torch tensors; where torch is
+  installed (the weight-import tool needs it) that costs seconds in every training process. We
+  pass Python floats, so torch is hidden for the duration of that import when nobody has loaded
+  it yet; a later `import torch` works as usual.
+  """
+  if 'tensorboardX' in sys.modules or 'torch' in sys.modules:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    return SummaryWriter
+  sys.modules['torch'] = None  # makes `import torch` raise ImportError
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  finally:
+    del sys.modules['torch']
+  return SummaryWriter
+
+
 class MetricWriter:
   """Writes scalar metrics to `workdir/tensorboard` (tensorboardX) and `workdir/metrics.csv`.
 
@@ -73,8 +93,7 @@ class MetricWriter:
     self._csv = csv.DictWriter(self._csv_file, fieldnames=_FIELDS)
     if new_file:
       self._csv.writeheader()
-    # Imported here: tensorboardX pulls in protobuf, which only the writing process needs.
-    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    SummaryWriter = _summary_writer_class()
     purge = None if resume_step is None else resume_step + 1
     self._tb = SummaryWriter(os.path.join(workdir, TB_DIR), purge_step=purge, flush_secs=30)
 
