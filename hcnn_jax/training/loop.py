@@ -410,10 +410,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, split: str = 'test
   if split not in config_check.SPLITS:
     raise ValueError(f'split: {split!r}; use one of {list(config_check.SPLITS)}')
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  if checkpoint == 'best':
-    path = os.path.join(workdir, ckpt_lib.BEST_DIR)
-  elif checkpoint == 'latest':
-    path = os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR)
+  if checkpoint in ('best', 'latest'):
+    sub = ckpt_lib.BEST_DIR if checkpoint == 'best' else ckpt_lib.CHECKPOINT_DIR
+    path = os.path.join(workdir, sub)
+    if not os.path.isdir(path):
+      raise ValueError(f'no checkpoint found under {workdir} (it has no {sub}/): train first '
+                       f'(python train.py --config ... --workdir {workdir}) or pass the workdir '
+                       'of a trained run')
   else:
     path = checkpoint
   variables, meta, saved_config = ckpt_lib.restore_variables(path)
