@@ -12,7 +12,9 @@ import pytest
 
 from hcnn_jax.models import default_input_length, get_model, list_models
 from hcnn_jax.models.attention import reference_cls, sinusoidal_encoding
+from hcnn_jax.models.blocks1d import ResSEBlock1d
 from hcnn_jax.models.crnn import TorchGRU
+from hcnn_jax.models.short_chunk import ResBlock2d
 
 ZOO = ('fcn4', 'fcn', 'musicnn', 'crnn', 'sample', 'sample_se', 'short_chunk', 'short_chunk_res',
        'attention')
@@ -147,6 +149,51 @@ def test_torch_gru_follows_the_pytorch_equations():
                              rtol=1e-5, atol=1e-6)
 
 
+def torch_conv1d(x, kernel, bias, stride):
+  """PyTorch's Conv1d(padding=k//2) on (B, L, C) with an HWIO-style (k, C_in, C_out) kernel."""
+  k = kernel.shape[0]
+  padded = np.pad(x, ((0, 0), (k // 2, k // 2), (0, 0)))
+  n = (x.shape[1] + 2 * (k // 2) - k) // stride + 1
+  return np.stack([np.einsum('bkc,kcd->bd', padded[:, i * stride:i * stride + k], kernel)
+                   for i in range(n)], axis=1) + bias
+
+
+@pytest.mark.parametrize('in_channels, stride, pool', [(2, 3, 1), (4, 1, 3)])
+def test_res_se_block_follows_the_reference_equations(in_channels, stride, pool):
+  x = np.random.default_rng(1).standard_normal((2, 9, in_channels)).astype(np.float32)
+  block = ResSEBlock1d(features=4, kernel=3, stride=stride, pool=pool)
+  variables = block.init(key(0), x)
+  p = jax.tree.map(np.asarray, variables['params'])
+  bn = lambda v: v / np.sqrt(1 + 1e-5)  # fresh running statistics: mean 0, var 1, γ 1, β 0
+  relu = lambda v: np.maximum(v, 0)
+  out = relu(bn(torch_conv1d(x, p['conv_1']['kernel'], p['conv_1']['bias'], stride)))
+  out = bn(torch_conv1d(out, p['conv_2']['kernel'], p['conv_2']['bias'], 1))
+  se = relu(out.mean(axis=1) @ p['se_dense1']['kernel'] + p['se_dense1']['bias'])
+  se = 1 / (1 + np.exp(-(se @ p['se_dense2']['kernel'] + p['se_dense2']['bias'])))
+  shortcut = x
+  if 'conv_3' in p:  # the projection exists exactly when the stride or the width changes
+    shortcut = bn(torch_conv1d(x, p['conv_3']['kernel'], p['conv_3']['bias'], stride))
+  assert ('conv_3' in p) == (stride != 1 or in_channels != 4)
+  expected = relu(out * se[:, None, :] + shortcut)
+  expected = expected[:, :expected.shape[1] // pool * pool].reshape(2, -1, pool, 4).max(axis=2)
+  np.testing.assert_allclose(block.apply(variables, x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_strided_residual_conv_pads_one_on_every_side_like_pytorch():
+  x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+  block = ResBlock2d(features=1, strides=(2, 2))
+  variables = block.init(key(0), x)
+  params = jax.tree.map(np.asarray, variables['params'])
+  params['conv_1']['kernel'] = np.ones((3, 3, 1, 1), np.float32)
+  _, state = block.apply({**variables, 'params': params}, x, capture_intermediates=True,
+                         mutable=['intermediates'])
+  conv = np.asarray(state['intermediates']['conv_1']['__call__'][0])[0, :, :, 0]
+  padded = np.pad(x[0, :, :, 0], 1)
+  # PyTorch: window (i, j) starts at padded row/column 2i, 2j; 'SAME' would start at 2i + 1.
+  expected = [[padded[2 * i:2 * i + 3, 2 * j:2 * j + 3].sum() for j in range(2)] for i in range(2)]
+  np.testing.assert_allclose(conv, expected)
+
+
 def tiny_attention(**kwargs):
   kwargs = {'width': 4, 'num_layers': 1, 'cnn_layers': ((1, (2, 2)), (2, (2, 1))), **kwargs}
   return get_model('attention', num_classes=3, **kwargs)
@@ -183,15 +230,15 @@ def test_attention_sinusoidal_positions_and_attention_weights():
   np.testing.assert_allclose(enc[:, 1::2], np.cos(angle), atol=1e-6)
   x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 4096)), jnp.float32)
   plain = tiny_attention(sow_attention=True)
-  variables = plain.init(key(0), x)
-  logits, state = plain.apply(variables, x, mutable=['intermediates'])
+  variables = jax.jit(plain.init)(key(0), x)
+  logits, state = jax.jit(lambda v: plain.apply(v, x, mutable=['intermediates']))(variables)
   weights = state['intermediates']['backend']['encoder1']['attention']['attention_weights'][0]
   frames = 1 + 4096 // 256
   tokens = 1 + (frames - 1) // 2 + 1  # [CLS] + the frames left by one time stride of 2
   assert weights.shape == (2, 8, tokens, tokens)
   np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
   with_pe = tiny_attention(pos_encoding='sinusoidal')  # adds no parameters
-  assert not np.allclose(with_pe.apply(variables, x), logits)
+  assert not np.allclose(jax.jit(with_pe.apply)(variables, x), logits)
   with pytest.raises(ValueError, match='pos_encoding must be one of'):
     tiny_attention(pos_encoding='learned')
   with pytest.raises(ValueError, match='cls must be one of'):
