@@ -144,7 +144,7 @@ def _evaluate_source(eval_fn: Callable, variables: PyTree, source, config, task:
   if not np.all(np.isfinite(probs)):
     log.warning('%s: non-finite predictions on %d tracks; only the loss is reported.', desc,
                 int(np.sum(~np.all(np.isfinite(probs), axis=1))))
-    return {'loss': loss, 'num_examples': int(mask.sum())}
+    return {'loss': loss, 'num_examples': int(mask.sum()), 'nonfinite_predictions': True}
   result = dict(task.metrics(probs, labels, class_names=class_names))
   result['loss'] = loss
   result['positives'] = dict(zip(class_names, np.sum(labels > 0, axis=0).astype(int).tolist()))
@@ -357,10 +357,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       val = _evaluate_source(eval_fn, state_lib.variables(state), val_source, config, task,
                              class_names, mesh, desc=f'validation {epoch}')
       writer.write_scalars(step, {**val, 'epoch': epoch}, prefix='val/')
-      if task.selection_metric not in val:
+      if task.selection_metric not in val and not val.get('nonfinite_predictions'):
         raise ValueError(f'selection_metric: {task.selection_metric!r} is not among the '
                          f'validation metrics {sorted(k for k in val if k != "per_class")}')
-      value = float(val[task.selection_metric])
+      value = float(val.get(task.selection_metric, float('nan')))  # NaN never becomes the best
       if task.is_better(value, book['best_value']):
         book.update(best_value=value, best_epoch=epoch, best_step=step)
         ckpts.save_best(step, state_lib.variables(state), meta=_meta(book, class_names, task),
