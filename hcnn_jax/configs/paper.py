@@ -1,6 +1,6 @@
 """Every (model, dataset) cell of the SMC 2020 and ICASSP 2020 result tables, as one config file.
 
-    python train.py --config hcnn_jax/configs/paper.py:model=fcn,dataset=mtat --workdir runs/fcn_mtat
+    python train.py --config hcnn_jax/configs/paper.py:model=fcn,dataset=mtat --workdir runs/fcn
     python train.py --config hcnn_jax/configs/paper.py:model=hcnn,dataset=mtat,n_harmonic=3 \
         --workdir runs/hcnn_h3_mtat          # the ICASSP "effect of H" ablation
     python eval.py --config hcnn_jax/configs/paper.py:model=fcn,dataset=mtat --workdir runs/fcn_mtat

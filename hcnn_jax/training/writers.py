@@ -26,7 +26,7 @@ _FIELDS = ('step', 'name', 'value', 'wall_time')
 
 
 def _scalar(value) -> Optional[float]:
-  """A Python float for anything scalar-like; None for what is not a number (e.g. per-class lists)."""
+  """A Python float for anything scalar-like; None for the rest (e.g. per-class tables)."""
   try:
     arr = np.asarray(value)
   except Exception:  # pylint: disable=broad-except

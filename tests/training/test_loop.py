@@ -88,7 +88,7 @@ SCRIPTED_VAL_LOSS = (0.5, 0.9, 0.8, 0.7)
 
 @pytest.fixture(scope='module')
 def schedule_run(tmp_path_factory):
-  """4 epochs of 3 steps: Adam (1 epoch) → SGD 1e-3 → SGD 1e-4 → SGD 1e-5, all instrumented."""
+  """4 epochs of 3 steps: Adam (1 epoch), SGD 1e-3, SGD 1e-4, SGD 1e-5; all instrumented."""
   workdir = str(tmp_path_factory.mktemp('schedule_run'))
   config = tiny_config(num_epochs=4, checkpoints_to_keep=20)  # keep every step for the checks
   seen, builds, reloads = {}, [], []
