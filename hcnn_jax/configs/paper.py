@@ -3,7 +3,7 @@
     python train.py --config hcnn_jax/configs/paper.py:model=fcn,dataset=mtat --workdir runs/fcn
     python train.py --config hcnn_jax/configs/paper.py:model=hcnn,dataset=mtat,n_harmonic=3 \
         --workdir runs/hcnn_h3_mtat          # the ICASSP "effect of H" ablation
-    python eval.py --config hcnn_jax/configs/paper.py:model=fcn,dataset=mtat --workdir runs/fcn_mtat
+    python eval.py --config hcnn_jax/configs/paper.py:model=fcn,dataset=mtat --workdir runs/fcn
 
 SMC 2020 ("Evaluation of CNN-based automatic music tagging models", reference 6.1): models fcn,
 fcn128, musicnn, musicnn128, sample, se, crnn, crnn128, attention, hcnn, short, short_res on
