@@ -15,8 +15,8 @@ from matplotlib.figure import Figure
 DPI = 110
 
 
-def new_figure(width: float, height: float) -> Figure:
-  fig = Figure(figsize=(width, height), dpi=DPI)
+def new_figure(width: float, height: float, layout: Optional[str] = None) -> Figure:
+  fig = Figure(figsize=(width, height), dpi=DPI, layout=layout)
   FigureCanvasAgg(fig)
   return fig
 
@@ -30,7 +30,8 @@ def save(fig: Figure, path: str) -> str:
 
 
 def tagogram_axes(ax, probs: np.ndarray, times: np.ndarray, class_names: Sequence[str],
-                  title: str = '', max_tags: int = 50, vmax: Optional[float] = 1.0):
+                  title: str = '', max_tags: int = 50, vmin: Optional[float] = 0.0,
+                  vmax: Optional[float] = 1.0):
   """Draws tags × time into `ax`: rows are the tags with the highest mean score, top first.
 
   probs: (num_chunks, C) per-chunk scores; times: (num_chunks,) chunk centres in seconds.
@@ -43,7 +44,7 @@ def tagogram_axes(ax, probs: np.ndarray, times: np.ndarray, class_names: Sequenc
     extent = (times[0] - step / 2, times[-1] + step / 2, len(order) - 0.5, -0.5)
   else:
     extent = (0.0, max(2.0 * float(times[0]), 1e-3), len(order) - 0.5, -0.5)
-  im = ax.imshow(image, aspect='auto', interpolation='nearest', cmap='magma', vmin=0.0,
+  im = ax.imshow(image, aspect='auto', interpolation='nearest', cmap='magma', vmin=vmin,
                  vmax=vmax, extent=extent)
   ax.set_yticks(range(len(order)))
   ax.set_yticklabels([class_names[i] for i in order], fontsize=7 if len(order) > 20 else 9)
@@ -60,7 +61,7 @@ def save_tagograms(path: str, items: Sequence[Tuple[str, np.ndarray, np.ndarray]
   rows = len(items)
   tags = min(max_tags, len(class_names))
   row_height = 1.2 + 0.18 * tags
-  fig = new_figure(10.0, row_height * rows)
+  fig = new_figure(10.0, row_height * rows, layout='constrained')
   axes = fig.subplots(rows, 1, squeeze=False)[:, 0]
   for ax, (title, probs, times) in zip(axes, items):
     im = tagogram_axes(ax, probs, times, class_names, title=title, max_tags=max_tags)

@@ -147,7 +147,8 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('files', nargs='+', metavar='FILE', help='audio files (wav, flac, ogg, mp3)')
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument('--workdir', help='training workdir (its best checkpoint is used)')
-  source.add_argument('--checkpoint', help='a checkpoint directory (best/, checkpoints/, or a step)')
+  source.add_argument('--checkpoint',
+                      help='a checkpoint directory (best/, checkpoints/, or a step)')
   parser.add_argument('--top_k', type=int, default=5, help='tags printed per file (default 5)')
   parser.add_argument('--json', action='store_true', help='print JSON instead of text')
   parser.add_argument('--plot', metavar='PNG', help='draw a tagogram (tags × time) of every file')
