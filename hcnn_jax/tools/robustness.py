@@ -301,9 +301,12 @@ def write_report(results: Dict[str, Dict[str, Any]], out_dir: str, metric_keys: 
 
 def main(argv) -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
+  from hcnn_jax.training import writers  # pylint: disable=import-outside-toplevel
+  writers.configure_cli_logging()
   fl = flags.FLAGS
   if len(argv) > 1:
-    raise ValueError(f'unexpected arguments {argv[1:]}')
+    print(f'robustness: error: unexpected arguments {argv[1:]}', file=sys.stderr)
+    sys.exit(2)
   perturbations = [p.strip() for p in fl.perturbations.split(',') if p.strip()] \
       if fl.perturbations else None
   try:

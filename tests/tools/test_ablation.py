@@ -1,0 +1,81 @@
+"""The H ablation: two values of H, one short epoch each; tables, parameter counts, resume."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from hcnn_jax.models import get_model
+from hcnn_jax.tools import ablation
+
+import _trained  # tests/tools/_trained.py
+
+
+def expected_parameters(n_harmonic: int) -> int:
+  model = get_model('hcnn', num_classes=5, width=4, n_harmonic=n_harmonic,
+                    pools=((2, 2), (2, 2), (2, 2), (2, 2), (2, 2), (2, 1), (2, 1)))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 16000))))
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(shapes['params']))
+
+
+@pytest.fixture(scope='module')
+def study(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('ablation'))
+  rows = ablation.run_ablation(_trained.tiny_config(), workdir, harmonics=[1, 2])
+  return workdir, rows
+
+
+def test_one_run_per_h_and_the_tables(study):
+  workdir, rows = study
+  assert [r['H'] for r in rows] == [1, 2]
+  # Only the first conv's input channels and the harmonic BatchNorm grow with H:
+  # 3·3·width weights + 2 BN parameters per harmonic.
+  assert [r['parameters'] for r in rows] == [expected_parameters(1), expected_parameters(2)]
+  assert rows[1]['parameters'] - rows[0]['parameters'] == 3 * 3 * 4 + 2
+  for h, r in zip((1, 2), rows):
+    run = os.path.join(workdir, f'H{h}')
+    with open(os.path.join(run, 'config.json')) as f:
+      assert json.load(f)['model']['kwargs']['n_harmonic'] == h
+    with open(os.path.join(run, 'metrics.json')) as f:
+      assert json.load(f)['roc_auc'] == pytest.approx(r['roc_auc'])
+    assert 0.0 <= r['roc_auc'] <= 1.0 and 0.0 <= r['pr_auc'] <= 1.0
+    assert r['train_clips_per_sec'] > 0
+    assert r['throughput_includes_compile']  # one step: a single logged window
+  with open(os.path.join(workdir, 'ablation.csv')) as f:
+    table = list(csv.DictReader(f))
+  assert [int(t['H']) for t in table] == [1, 2]
+  assert list(table[0]) == list(ablation.COLUMNS)
+  md = open(os.path.join(workdir, 'ablation.md')).read()
+  assert '| H | parameters | ROC-AUC | PR-AUC | train clips/s |' in md
+  assert f'| 1 | {rows[0]["parameters"]:,} |' in md and 'includes the compilation' in md
+
+
+def test_finished_values_are_skipped_and_an_interrupted_one_resumes(study):
+  workdir, rows = study
+  done = os.path.join(workdir, 'H1', ablation.RESULT_FILE)
+  before = os.path.getmtime(done)
+  # H2 "interrupted" after its last checkpoint: its result file is missing, its checkpoints stay.
+  os.remove(os.path.join(workdir, 'H2', ablation.RESULT_FILE))
+  steps = sorted(os.listdir(os.path.join(workdir, 'H2', 'checkpoints')))
+  again = ablation.run_ablation(_trained.tiny_config(), workdir, harmonics=[1, 2])
+  assert os.path.getmtime(done) == before  # H1 not rerun
+  assert sorted(os.listdir(os.path.join(workdir, 'H2', 'checkpoints'))) == steps  # no new steps
+  assert again[1]['roc_auc'] == pytest.approx(rows[1]['roc_auc'])
+  assert again[1]['parameters'] == rows[1]['parameters']
+
+
+def test_bad_harmonics_fail_before_any_training(tmp_path):
+  with pytest.raises(ValueError, match='distinct integers'):
+    ablation.parse_harmonics('2,2')
+  with pytest.raises(ValueError, match='comma-separated integers'):
+    ablation.parse_harmonics('two')
+  # 400 harmonics leave no fundamental above C1 at 16 kHz: refused by the config check, before
+  # H=1 is trained.
+  with pytest.raises(ValueError, match=r'(?s)H=400: .*n_harmonic=400'):
+    ablation.run_ablation(_trained.tiny_config(), str(tmp_path), harmonics=[1, 400])
+  assert not os.path.exists(tmp_path / 'H1')
