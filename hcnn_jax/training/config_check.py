@@ -38,12 +38,19 @@ def _is_int(value) -> bool:
   return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _tuples(value):
+  if isinstance(value, (list, tuple)):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
 def model_kwargs(config: ml_collections.ConfigDict) -> dict:
   """The keyword arguments `get_model` gets from `config.model.kwargs` and `config.dtype`."""
   kwargs = config.model.get('kwargs') or {}
   kwargs = kwargs.to_dict() if hasattr(kwargs, 'to_dict') else dict(kwargs)
-  # Lists come back from JSON (a saved config) where the builder expects tuples.
-  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  # Lists come back from JSON (a saved config) where the builder expects tuples, at every depth
+  # (pools are lists of pairs): linen modules must stay hashable for jit's static arguments.
+  kwargs = {k: _tuples(v) for k, v in kwargs.items()}
   return precision.model_kwargs(config.get('dtype', 'float32'), **kwargs)
 
 
