@@ -1,5 +1,8 @@
-"""Importing the reference's PyTorch HarmonicCNN: a tiny torch twin with sota's key names, written
-here with torch ops only (STFT, harmonic filterbank, blocks), must give our model's outputs.
+"""Importing the reference's PyTorch weights: tiny torch twins with sota's key names, written with
+torch ops only (STFT, harmonic or mel filterbank, blocks), must give our models' outputs.
+
+The HarmonicCNN twin is here; the zoo's twins (mel models, sample-level, CNNSA) are in
+`_torch_twins.py`.
 """
 from __future__ import annotations
 
@@ -136,6 +139,7 @@ def test_state_dict_keys_are_the_references(twin):
           'dense2.weight'} <= keys
   assert import_torch.infer_hcnn_hparams(twin.state_dict()) == {
       'num_classes': NUM_CLASSES, 'n_harmonic': N_HARMONIC, 'width': WIDTH}
+  assert import_torch.infer_model_name(twin.state_dict()) == 'hcnn'
 
 
 def test_converted_weights_match_the_torch_twin(twin, audio, tmp_path):
@@ -198,3 +202,179 @@ def test_cli_refuses_pickled_code_and_bad_files(tmp_path, capsys):
     err = capsys.readouterr()
     assert 'executed!' not in err.out
     assert err.err.count('\n') == 1 and 'import_torch: error:' in err.err
+
+
+# ---- the zoo: mel models, sample-level models, CNNSA ----
+
+import _torch_twins as twins  # noqa: E402  (tests/tools/_torch_twins.py; needs torch)
+
+FCN_POOLS_TINY = ((2, 2), (2, 2), (2, 2), (3, 2), (4, 2))  # 96 bins → 1; 48 frames → 1
+CRNN_POOLS_TINY = ((2, 2), (3, 2), (4, 1), (4, 1))  # 96 bins → 1; 64 frames → 16 GRU steps
+SAMPLE_TINY = (4, 4, 6, 6, 6, 8, 8, 8)  # 8 layers: 3^7 = 2187 samples → length 1
+
+# name → (tiny twin, input samples, model_kwargs the state_dict cannot tell). Lengths follow the
+# reference's shape rules: FCN and SampleCNN flatten/squeeze a 1 × 1 output, CRNN and CNNSA squeeze
+# one frequency bin; 255 hops leave the short-chunk models 2 frames for their global max.
+ZOO_TWINS = {
+    'short_chunk': (lambda: twins.ShortChunkCNN((4, 4, 6, 6, 6, 6, 8), NUM_CLASSES), 65_280, {}),
+    'short_chunk_res': (lambda: twins.ShortChunkCNN((4, 4, 6, 6, 6, 6, 8), NUM_CLASSES,
+                                                    residual=True), 65_280, {}),
+    'fcn': (lambda: twins.FCN((4, 6, 6, 6, 4), FCN_POOLS_TINY, NUM_CLASSES), 12_032,
+            {'pools': FCN_POOLS_TINY}),
+    'musicnn': (lambda: twins.Musicnn(NUM_CLASSES, timbral=6, temporal=3, backend=4, dense=5),
+                16_128, {}),
+    'crnn': (lambda: twins.CRNN((4, 6, 6, 8), CRNN_POOLS_TINY, NUM_CLASSES, hidden=5), 16_128,
+             {'pools': CRNN_POOLS_TINY}),
+    'sample': (lambda: twins.SampleCNN(SAMPLE_TINY, NUM_CLASSES), 2187, {}),
+    'sample_se': (lambda: twins.SampleCNN(SAMPLE_TINY, NUM_CLASSES, se=True), 2187, {}),
+    'attention': (lambda: twins.CNNSA(8, NUM_CLASSES), 16_128, {}),
+}
+
+
+def _tiny_twin(name):
+  make, length, kwargs = ZOO_TWINS[name]
+  torch.manual_seed(0)
+  return twins.trained_looking(make()), length, kwargs
+
+
+def _audio(make_signal, length):
+  floor = 0.003 * make_signal('noise', length)
+  return np.stack([make_signal('chord', length) + floor, make_signal('chirp', length) + floor])
+
+
+@pytest.mark.parametrize('name', sorted(ZOO_TWINS))
+def test_zoo_twin_converts_to_the_same_outputs(name, make_signal):
+  from hcnn_jax.models import get_model  # pylint: disable=import-outside-toplevel
+  twin, length, kwargs = _tiny_twin(name)
+  audio = _audio(make_signal, length)
+  with torch.no_grad():
+    expected = twin(torch.from_numpy(audio)).numpy()
+  sd = twin.state_dict()
+  assert import_torch.infer_model_name(sd) == name
+  converted = import_torch.convert_state_dict(sd, **kwargs)
+  assert (converted.name, converted.num_classes) == (name, NUM_CLASSES)
+  model = get_model(converted.name, converted.num_classes, **converted.kwargs)
+  logits = model.apply(converted.variables, audio, train=False)
+  np.testing.assert_allclose(np.asarray(jax_sigmoid(logits)), expected, atol=1e-4, rtol=0)
+  assert np.ptp(expected) > 0.05  # the outputs spread out: a constant model would pass trivially
+
+
+def jax_sigmoid(x):
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.nn.sigmoid(x)
+
+
+# Full-size twins (sota's default widths; no forward pass): the inferred options must rebuild the
+# reference architecture, whose trainable parameter count docs/zoo.md lists.
+FULL_SIZE = {
+    'short_chunk': (lambda: twins.ShortChunkCNN((128, 128, 256, 256, 256, 256, 512), 50),
+                    3_687_348),
+    'short_chunk_res': (lambda: twins.ShortChunkCNN((128, 128, 256, 256, 256, 256, 512), 50,
+                                                    residual=True), 12_104_244),
+    'fcn': (lambda: twins.FCN((64, 128, 128, 128, 64), ((2, 4), (2, 4), (2, 4), (3, 5), (4, 4)),
+                              50), 447_732),
+    'musicnn': (lambda: twins.Musicnn(50), 784_300),
+    'crnn': (lambda: twins.CRNN((64, 128, 128, 128), ((2, 2), (3, 3), (4, 4), (4, 4)), 50),
+             394_100),
+    'sample': (lambda: twins.SampleCNN((128, 128, 128, 256, 256, 256, 256, 256, 256, 512, 512),
+                                       50), 1_869_874),
+    'sample_se': (lambda: twins.SampleCNN((128, 128, 128, 256, 256, 256, 256, 256, 256, 512,
+                                           512), 50, se=True), 6_951_858),
+    'attention': (lambda: twins.CNNSA(128, 50), 10_521_652),
+}
+
+
+@pytest.mark.parametrize('name', sorted(FULL_SIZE))
+def test_reference_size_state_dicts_convert_with_inferred_options(name):
+  make, count = FULL_SIZE[name]
+  twin = make()
+  assert sum(p.numel() for p in twin.parameters()) == count  # the twin is the reference's size
+  converted = import_torch.convert_state_dict(twin.state_dict())  # nothing passed: all inferred
+  assert converted.name == name and converted.num_classes == 50
+  assert sum(v.size for v in _leaves(converted.variables['params'])) == count
+  if name in ('short_chunk', 'short_chunk_res', 'attention'):
+    assert converted.kwargs['n_mels'] == 128  # read off spec.mel_scale.fb
+  elif name != 'sample' and name != 'sample_se':
+    assert converted.kwargs['n_mels'] == 96
+  if name == 'attention':  # a trainable [CLS] starts at the reference's fixed vector
+    from hcnn_jax.models.attention import reference_cls  # pylint: disable=import-outside-toplevel
+    trainable = import_torch.convert_state_dict(twin.state_dict(), cls='trainable')
+    np.testing.assert_array_equal(trainable.variables['params']['backend']['cls'],
+                                  reference_cls(256))
+    assert sum(v.size for v in _leaves(trainable.variables['params'])) == count + 256
+
+
+def _leaves(tree):
+  if isinstance(tree, dict):
+    return [leaf for v in tree.values() for leaf in _leaves(v)]
+  return [tree]
+
+
+def test_torchaudio_buffers_are_checked_or_ignored():
+  twin, _, kwargs = _tiny_twin('fcn')
+  sd = dict(twin.state_dict())
+  assert {'spec.mel_scale.fb', 'spec.spectrogram.window'} <= set(sd)
+  # torchaudio 0.3.0 fills fb lazily (sota issue #1): an empty one carries no information.
+  converted = import_torch.convert_state_dict({**sd, 'spec.mel_scale.fb': torch.empty(0)},
+                                              **kwargs)
+  assert converted.kwargs['n_mels'] == 96  # FCN's default
+  other_range = twins.htk_mel_fb(96, f_max=6000.0)
+  with pytest.raises(ValueError, match=r'spec\.mel_scale\.fb differs from the HTK mel'):
+    import_torch.convert_state_dict({**sd, 'spec.mel_scale.fb': other_range}, **kwargs)
+  with pytest.raises(ValueError, match=r'spec\.spectrogram\.window .* not the periodic Hann'):
+    import_torch.convert_state_dict({**sd, 'spec.spectrogram.window': torch.ones(512)}, **kwargs)
+
+
+def test_zoo_errors_name_the_keys_and_what_to_pass():
+  twin, _, _ = _tiny_twin('short_chunk_res')
+  sd = dict(twin.state_dict())
+  sd['layer2.extra.weight'] = torch.zeros(3)
+  del sd['layer4.bn_3.running_var']
+  with pytest.raises(ValueError, match=r"ShortChunkCNN_Res state_dict: unexpected key\(s\) "
+                                       r"\['layer2.extra.weight'\].*missing key\(s\) "
+                                       r"\['layer4.bn_3.running_var'\]"):
+    import_torch.convert_state_dict(sd)
+  fcn, _, _ = _tiny_twin('fcn')  # five layers with other pools than the reference's
+  with pytest.raises(ValueError, match=r'spec\.mel_scale\.fb has shape \(257, 96\); .* 64 mels'):
+    import_torch.convert_state_dict(fcn.state_dict(), n_mels=64)
+  # Musicnn's timbral heights are int(0.7·96), int(0.4·96) in the reference whatever its bins;
+  # ours follow the bins, so a 128-bin Musicnn does not load, and the error says where.
+  musicnn, _, _ = _tiny_twin('musicnn')
+  sd = {**musicnn.state_dict(), 'spec.mel_scale.fb': torch.empty(0)}
+  with pytest.raises(ValueError, match=r'layers\.0\.conv\.weight: shape \(6, 1, 67, 7\) .*'
+                                       r'/timbral1/Conv_0/kernel is \(89, 7, 1, 6\) for '
+                                       r'num_classes=7, n_mels=128'):
+    import_torch.convert_state_dict(sd, n_mels=128)
+  shallow = {k: v for k, v in fcn.state_dict().items() if not k.startswith('layer5.')}
+  with pytest.raises(ValueError, match=r"4 conv layers, but the reference has 5.*'pools'"):
+    import_torch.convert_state_dict(shallow)
+  with pytest.raises(ValueError, match=r"unknown model 'vgg'"):
+    import_torch.convert_state_dict(fcn.state_dict(), 'vgg')
+  with pytest.raises(ValueError, match=r'cannot tell which sota model'):
+    import_torch.convert_state_dict({'foo.weight': torch.zeros(2)})
+
+
+def test_cli_infers_a_zoo_model_and_round_trips(make_signal, tmp_path, capsys):
+  import jax  # pylint: disable=import-outside-toplevel
+  import json  # pylint: disable=import-outside-toplevel
+  from hcnn_jax.training import checkpoint  # pylint: disable=import-outside-toplevel
+
+  twin, length, _ = _tiny_twin('crnn')
+  pth = tmp_path / 'best_model.pth'
+  torch.save({'module.' + k: v for k, v in twin.state_dict().items()}, pth)  # DataParallel keys
+  out = tmp_path / 'imported'
+  pools = json.dumps({'pools': [list(p) for p in CRNN_POOLS_TINY]})
+  assert import_torch.main([str(pth), '--out', str(out), '--model_kwargs', pools]) == 0
+  assert 'crnn from CRNN, 7 classes' in capsys.readouterr().out
+  model, variables, config, names = checkpoint.load_for_inference(str(out))
+  assert config.model.name == 'crnn' and len(names) == NUM_CLASSES
+  audio = _audio(make_signal, length)
+  with torch.no_grad():
+    expected = twin(torch.from_numpy(audio)).numpy()
+  probs = np.asarray(jax.nn.sigmoid(model.apply(variables, audio, train=False)))
+  np.testing.assert_allclose(probs, expected, atol=1e-4, rtol=0)
+  # Options that cannot be JSON, or a model the keys contradict, fail in one line.
+  for extra in (['--model_kwargs', '{pools'], ['--model', 'fcn']):
+    assert import_torch.main([str(pth), '--out', str(tmp_path / 'o2'), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'import_torch: error:' in err
