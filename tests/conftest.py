@@ -6,6 +6,8 @@ harmonic tones, 1/h partials), 'noise' (white Gaussian, seeded).
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -50,3 +52,19 @@ def noise() -> np.ndarray:
 def make_signal_fixture():
   """The factory itself, for tests that need other lengths or sample rates."""
   return make_signal
+
+
+def pytest_configure(config):
+  """One numba cache per xdist worker, set before any test module imports librosa.
+
+  librosa's numba kernels are cached next to their sources in site-packages. On a fresh venv two
+  workers compile and write the same cache files at once, and one loads the other's half-written
+  file and segfaults (seen on a clean checkout). The cache is kept under .pytest_cache so that
+  later runs reuse it.
+  """
+  worker = getattr(config, 'workerinput', {}).get('workerid')
+  path = os.path.join(str(config.rootpath), '.pytest_cache', 'numba', worker or 'main')
+  if worker:  # a worker inherits the controller's environment: override it
+    os.environ['NUMBA_CACHE_DIR'] = path
+  else:
+    os.environ.setdefault('NUMBA_CACHE_DIR', path)
