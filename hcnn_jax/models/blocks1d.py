@@ -31,10 +31,12 @@ def conv1d_length(length: int, kernel: int = 3, stride: int = 1) -> int:
 
 
 def max_pool1d(x: jnp.ndarray, pool: int) -> jnp.ndarray:
-  """Floor-mode max-pool over the length axis with stride = window."""
+  """Floor-mode max-pool over the length axis with stride = window (reshape + max, see
+  `blocks.max_pool` for why)."""
   if pool == 1:
     return x
-  return nn.max_pool(x, (pool,), strides=(pool,), padding='VALID')
+  b, n, c = x.shape
+  return x[:, :n // pool * pool].reshape(b, n // pool, pool, c).max(axis=2)
 
 
 class ConvBlock1d(nn.Module):
