@@ -71,8 +71,9 @@ class Classifier(nn.Module):
       shortest = self.min_input_length()
       hint = ('no input length fits this front-end / back-end pair' if shortest is None else
               f'the shortest input that fits is {shortest:,} samples')
-      raise ValueError(f'An input of {num_samples:,} samples does not fit this model: {hint}. '
-                       f'{err}') from None
+      pair = f'{type(self.frontend).__name__} → {type(self.backend).__name__}'
+      raise ValueError(f'An input of {num_samples:,} samples does not fit this model ({pair}): '
+                       f'{hint}. {err}') from None
 
   def __call__(self, waveform, train: bool = False):
     chex.assert_rank(waveform, 2)
