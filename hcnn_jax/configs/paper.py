@@ -33,7 +33,7 @@ MODELS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     'fcn': ('fcn', {}),
     'fcn128': ('fcn', {'n_mels': 128}),
     'musicnn': ('musicnn', {}),
-    'musicnn128': ('musicnn', {'n_mels': 128}),
+    'musicnn128': ('musicnn', {'n_mels': 128, 'heights': (67, 38)}),  # sota keeps 96-bin heights
     'sample': ('sample', {}),
     'se': ('sample_se', {}),
     'crnn': ('crnn', {}),

@@ -151,10 +151,16 @@ class MusicnnBackend(nn.Module):
 def build_musicnn(num_classes: int, *, variant: str = 'mtat', n_mels: int = 96,
                   timbral_channels: int = 204, temporal_channels: int = 51,
                   backend_channels: Optional[int] = None, dense: Optional[int] = None,
+                  heights: Optional[Sequence[float]] = None,
                   dropout_rate: float = 0.5, dtype: Dtype = jnp.float32,
                   bn_axis_name: Optional[str] = None) -> Classifier:
-  """Mel front-end (96 bins, dB, BatchNorm) + MusicnnBackend (variant 'mtat' or 'msd')."""
+  """Mel front-end (96 bins, dB, BatchNorm) + MusicnnBackend (variant 'mtat' or 'msd').
+
+  `heights`: the timbral kernel heights, fractions of the bins or bin counts; None follows the
+  bins. sota's "Musicnn (128 mel)" keeps the 96-bin heights (67, 38) on 128 bins.
+  """
   backend = MusicnnBackend(num_classes=num_classes, variant=variant,
+                           heights=TIMBRAL_HEIGHTS if heights is None else tuple(heights),
                            timbral_channels=timbral_channels,
                            temporal_channels=temporal_channels, backend_channels=backend_channels,
                            dense=dense, dropout_rate=dropout_rate, dtype=dtype,

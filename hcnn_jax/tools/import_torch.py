@@ -351,6 +351,8 @@ def _infer(name: str, sd: Mapping[str, Any], given: Mapping[str, Any]) -> Dict[s
                timbral_channels=_shape(sd, 'layers.0.conv.weight', 4)[0],
                temporal_channels=_shape(sd, 'layers.2.conv.weight', 3)[0],
                backend_channels=backend, dense=dense,
+               heights=(_shape(sd, 'layers.0.conv.weight', 4)[2],
+                        _shape(sd, 'layers.1.conv.weight', 4)[2]),
                variant='msd' if (backend, dense) == (512, 500) else 'mtat')
   elif name in ('sample', 'sample_se'):
     se = name == 'sample_se'

@@ -378,3 +378,19 @@ def test_cli_infers_a_zoo_model_and_round_trips(make_signal, tmp_path, capsys):
     assert import_torch.main([str(pth), '--out', str(tmp_path / 'o2'), *extra]) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'import_torch: error:' in err
+
+
+def test_musicnn_on_128_mels_keeps_the_reference_96_bin_heights(make_signal):
+  """sota's "Musicnn (128 mel)" keeps kernel heights int(0.7·96), int(0.4·96) on 128 bins."""
+  from hcnn_jax.models import get_model  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(0)
+  twin = twins.trained_looking(twins.Musicnn(NUM_CLASSES, timbral=6, temporal=3, backend=4,
+                                             dense=5, n_mels=128))
+  audio = _audio(make_signal, 16_128)
+  with torch.no_grad():
+    expected = twin(torch.from_numpy(audio)).numpy()
+  converted = import_torch.convert_state_dict(twin.state_dict())
+  assert converted.kwargs['heights'] == (67, 38) and converted.kwargs['n_mels'] == 128
+  model = get_model(converted.name, converted.num_classes, **converted.kwargs)
+  logits = model.apply(converted.variables, audio, train=False)
+  np.testing.assert_allclose(np.asarray(jax_sigmoid(logits)), expected, atol=1e-4, rtol=0)
