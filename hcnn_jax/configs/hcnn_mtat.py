@@ -19,16 +19,4 @@ from hcnn_jax.configs import base
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
   del arg
-  c = base.get_base_config()
-  c.dataset.name = 'mtat'
-  c.dataset.data_dir = 'data'
-  c.dataset.config_name = ''
-  c.task = 'tagging'
-  c.model.name = 'hcnn'
-  c.model.kwargs = ml_collections.ConfigDict(dict(width=128, n_harmonic=6))
-  c.input_length = 80_000
-  c.batch_size = 16
-  c.num_epochs = 200
-  c.eval_chunks = 16
-  c.eval_tracks_per_batch = 8
-  return c
+  return base.get_hcnn_tagging_config('mtat', '')

@@ -15,16 +15,4 @@ from hcnn_jax.configs import base
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
-  c = base.get_base_config()
-  c.dataset.name = 'synth_gm'
-  c.dataset.data_dir = 'data'
-  c.dataset.config_name = arg or 'default'
-  c.task = 'tagging'
-  c.model.name = 'hcnn'
-  c.model.kwargs = ml_collections.ConfigDict(dict(width=128, n_harmonic=6))
-  c.input_length = 80_000
-  c.batch_size = 16
-  c.num_epochs = 200
-  c.eval_chunks = 16
-  c.eval_tracks_per_batch = 8
-  return c
+  return base.get_hcnn_tagging_config('synth_gm', arg or 'default')
