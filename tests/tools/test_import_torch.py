@@ -337,14 +337,6 @@ def test_zoo_errors_name_the_keys_and_what_to_pass():
   fcn, _, _ = _tiny_twin('fcn')  # five layers with other pools than the reference's
   with pytest.raises(ValueError, match=r'spec\.mel_scale\.fb has shape \(257, 96\); .* 64 mels'):
     import_torch.convert_state_dict(fcn.state_dict(), n_mels=64)
-  # Musicnn's timbral heights are int(0.7·96), int(0.4·96) in the reference whatever its bins;
-  # ours follow the bins, so a 128-bin Musicnn does not load, and the error says where.
-  musicnn, _, _ = _tiny_twin('musicnn')
-  sd = {**musicnn.state_dict(), 'spec.mel_scale.fb': torch.empty(0)}
-  with pytest.raises(ValueError, match=r'layers\.0\.conv\.weight: shape \(6, 1, 67, 7\) .*'
-                                       r'/timbral1/Conv_0/kernel is \(89, 7, 1, 6\) for '
-                                       r'num_classes=7, n_mels=128'):
-    import_torch.convert_state_dict(sd, n_mels=128)
   shallow = {k: v for k, v in fcn.state_dict().items() if not k.startswith('layer5.')}
   with pytest.raises(ValueError, match=r"4 conv layers, but the reference has 5.*'pools'"):
     import_torch.convert_state_dict(shallow)
