@@ -7,6 +7,7 @@ directly with librosa; the module wrappers move them to NHWC for the back-ends.
 from __future__ import annotations
 
 import numpy as np
+import jax
 import jax.numpy as jnp
 
 
@@ -37,16 +38,34 @@ def num_frames(num_samples: int, n_fft: int, hop_length: int, center: bool = Tru
 
 
 def frame(x: jnp.ndarray, frame_length: int, hop_length: int) -> jnp.ndarray:
-  """Slices (..., L) into overlapping frames (..., n_frames, frame_length) with a fixed gather."""
+  """Slices (..., L) into overlapping frames (..., n_frames, frame_length).
+
+  When the hop divides the frame (the reference's 512 / 256), frames are k = frame_length / hop
+  shifted views of the signal cut into hop-sized blocks, concatenated: reshapes and slices that
+  XLA fuses into the consumer, where the general path is a gather.
+  """
   n = 1 + (x.shape[-1] - frame_length) // hop_length
+  if frame_length % hop_length == 0:
+    k = frame_length // hop_length
+    blocks = x[..., :(n + k - 1) * hop_length]
+    blocks = blocks.reshape(*x.shape[:-1], n + k - 1, hop_length)
+    return jnp.concatenate([blocks[..., j:j + n, :] for j in range(k)], axis=-1)
   idx = np.arange(frame_length)[None, :] + hop_length * np.arange(n)[:, None]
   return x[..., idx]
 
 
-def stft(x: jnp.ndarray, n_fft: int = 512, hop_length: int | None = None,
-         win_length: int | None = None, center: bool = True,
-         pad_mode: str = 'reflect') -> jnp.ndarray:
-  """Complex one-sided STFT of (..., L) → (..., n_fft // 2 + 1, n_frames)."""
+def dft_matrices(n_fft: int) -> tuple[np.ndarray, np.ndarray]:
+  """cos and −sin of the one-sided DFT, (n_fft, n_fft // 2 + 1) each: rfft as two matmuls."""
+  k = np.arange(n_fft // 2 + 1)
+  n = np.arange(n_fft)
+  phase = 2.0 * np.pi * (np.outer(n, k) % n_fft) / n_fft  # exact integer phase first
+  return np.cos(phase).astype(np.float32), -np.sin(phase).astype(np.float32)
+
+
+STFT_METHODS = ('rfft', 'matmul')
+
+
+def _windowed_frames(x, n_fft, hop_length, win_length, center, pad_mode):
   hop_length = n_fft // 4 if hop_length is None else hop_length
   if hop_length < 1:
     raise ValueError(f'hop_length must be >= 1, got {hop_length}.')
@@ -60,18 +79,41 @@ def stft(x: jnp.ndarray, n_fft: int = 512, hop_length: int | None = None,
     x = jnp.pad(x, widths, mode=pad_mode)
   elif x.shape[-1] < n_fft:
     raise ValueError(f'Input of {x.shape[-1]} samples is shorter than n_fft={n_fft}.')
-  frames = frame(x, n_fft, hop_length) * padded_window(n_fft, win_length)
+  return frame(x, n_fft, hop_length) * padded_window(n_fft, win_length)
+
+
+def stft(x: jnp.ndarray, n_fft: int = 512, hop_length: int | None = None,
+         win_length: int | None = None, center: bool = True,
+         pad_mode: str = 'reflect') -> jnp.ndarray:
+  """Complex one-sided STFT of (..., L) → (..., n_fft // 2 + 1, n_frames)."""
+  frames = _windowed_frames(x, n_fft, hop_length, win_length, center, pad_mode)
   spec = jnp.fft.rfft(frames, n=n_fft, axis=-1)
   return jnp.swapaxes(spec, -1, -2)
 
 
 def power_spectrogram(x: jnp.ndarray, n_fft: int = 512, hop_length: int | None = None,
                       win_length: int | None = None, power: float = 2.0,
-                      center: bool = True, pad_mode: str = 'reflect') -> jnp.ndarray:
-  """|STFT|^power, (..., n_bins, n_frames). power=2 is the power spectrogram, 1 the magnitude."""
-  spec = stft(x, n_fft, hop_length, win_length, center, pad_mode)
+                      center: bool = True, pad_mode: str = 'reflect',
+                      method: str = 'rfft') -> jnp.ndarray:
+  """|STFT|^power, (..., n_bins, n_frames). power=2 is the power spectrogram, 1 the magnitude.
+
+  method 'rfft' uses the FFT; 'matmul' multiplies the frames by the DFT's cos and sin matrices
+  in full float32 (O(n_fft²) work per frame, but matrix units instead of an FFT kernel: which is
+  faster depends on the accelerator, see bench/README.md).
+  """
+  if method not in STFT_METHODS:
+    raise ValueError(f'STFT method must be one of {STFT_METHODS}, got {method!r}.')
+  if method == 'rfft':
+    spec = stft(x, n_fft, hop_length, win_length, center, pad_mode)
+    re, im = jnp.real(spec), jnp.imag(spec)
+  else:
+    frames = _windowed_frames(x, n_fft, hop_length, win_length, center, pad_mode)
+    cos, sin = dft_matrices(n_fft)
+    hi = jax.lax.Precision.HIGHEST
+    re = jnp.swapaxes(jnp.matmul(frames, cos, precision=hi), -1, -2)
+    im = jnp.swapaxes(jnp.matmul(frames, sin, precision=hi), -1, -2)
   # re² + im² avoids the sqrt (and its infinite gradient at 0) when power is 2.
-  sq = jnp.real(spec) ** 2 + jnp.imag(spec) ** 2
+  sq = re ** 2 + im ** 2
   if power == 2.0:
     return sq
   return sq ** (power / 2.0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Optional, Sequence, Tuple, Union
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
@@ -72,18 +73,76 @@ def max_pool(x: jnp.ndarray, pool: Pool) -> jnp.ndarray:
   return x.reshape(b, f // fp, fp, t // tp, tp, c).max(axis=(2, 4))
 
 
+def _window_views(x: jnp.ndarray, fp: int, tp: int):
+  """The fp·tp strided views (b, f//fp, t//tp, c) of the pooling windows' positions, row-major."""
+  b, f, t, c = x.shape
+  x = x[:, :f // fp * fp, :t // tp * tp]
+  return [x[:, i::fp, j::tp] for i in range(fp) for j in range(tp)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool_first(x, window, shape):
+  del shape
+  return _max_pool_first_fwd(x, window, x.shape)[0]
+
+
+def _max_pool_first_fwd(x, window, shape):
+  del shape
+  views = _window_views(x, *window)
+  best, arg = views[0], jnp.zeros(views[0].shape, jnp.int8)
+  for k, v in enumerate(views[1:], 1):
+    take = v > best  # strict: a tie keeps the earlier position, as PyTorch's max_pool2d
+    best, arg = jnp.where(take, v, best), jnp.where(take, jnp.int8(k), arg)
+  return best, arg
+
+
+def _max_pool_first_bwd(window, shape, arg, g):
+  fp, tp = window
+  b, f, t, c = shape
+  parts = jnp.stack([jnp.where(arg == k, g, jnp.zeros_like(g)) for k in range(fp * tp)])
+  grid = parts.reshape(fp, tp, *g.shape)                       # (fp, tp, b, F, T, c)
+  dx = jnp.transpose(grid, (2, 3, 0, 4, 1, 5)).reshape(b, g.shape[1] * fp, g.shape[2] * tp, c)
+  return (jnp.pad(dx, ((0, 0), (0, f - dx.shape[1]), (0, t - dx.shape[2]), (0, 0))),)
+
+
+_max_pool_first.defvjp(_max_pool_first_fwd, _max_pool_first_bwd)
+
+POOL_IMPLS = ('reshape', 'argmax')
+
+
+def max_pool_argmax(x: jnp.ndarray, pool: Pool) -> jnp.ndarray:
+  """`max_pool` whose backward pass needs only the pooled shape's int8 argmax, not the input.
+
+  The forward pass keeps the window position of each maximum (first on ties, as PyTorch); the
+  backward pass scatters the gradient there. The reshape version's gradient re-reads the full
+  pre-pool activation and counts ties over it; at the HCNN's first layer that activation is the
+  largest tensor of the network (128 × 313 × 128 per clip), so two passes over it are saved.
+  """
+  p = _pair(pool)
+  if p is None or p == (1, 1):
+    return x
+  return _max_pool_first(x, tuple(p), tuple(x.shape))
+
+
+def pool_fn(impl: str):
+  if impl not in POOL_IMPLS:
+    raise ValueError(f'pool_impl must be one of {POOL_IMPLS}, got {impl!r}.')
+  return max_pool if impl == 'reshape' else max_pool_argmax
+
+
 class ConvBlock2d(nn.Module):
   """conv3×3 → BN → ReLU → max-pool (sota's Conv_2d)."""
   features: int
   pool: Pool = 2
   bn_axis_name: Optional[str] = None
   dtype: Dtype = jnp.float32
+  pool_impl: str = 'argmax'
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = conv2d(self.features, dtype=self.dtype)(x)
     x = batch_norm(train, self.bn_axis_name, self.dtype)(x)
-    return max_pool(nn.relu(x), self.pool)
+    return pool_fn(self.pool_impl)(nn.relu(x), self.pool)
 
 
 class ResBlock2dMP(nn.Module):
@@ -92,10 +151,11 @@ class ResBlock2dMP(nn.Module):
   pool: Pool = 2
   bn_axis_name: Optional[str] = None
   dtype: Dtype = jnp.float32
+  pool_impl: str = 'argmax'
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     bn = functools.partial(batch_norm, train, self.bn_axis_name, self.dtype)
     y = nn.relu(bn()(conv2d(self.features, dtype=self.dtype)(x)))
     y = bn()(conv2d(self.features, dtype=self.dtype)(y))
-    return max_pool(nn.relu(y + x), self.pool)
+    return pool_fn(self.pool_impl)(nn.relu(y + x), self.pool)

@@ -56,6 +56,7 @@ class HCNNBackend(nn.Module):
   pools: Optional[Sequence[Pool]] = None
   clamp_time_pool: Optional[bool] = None
   dropout_rate: float = 0.5
+  pool_impl: str = 'argmax'
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None
 
@@ -123,8 +124,10 @@ class HCNNBackend(nn.Module):
     self.check_input(x.shape[1:])
     batch = x.shape[0]
     w = self.width
-    conv = functools.partial(blocks.ConvBlock2d, bn_axis_name=self.bn_axis_name, dtype=self.dtype)
-    res = functools.partial(blocks.ResBlock2dMP, bn_axis_name=self.bn_axis_name, dtype=self.dtype)
+    conv = functools.partial(blocks.ConvBlock2d, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
+                             pool_impl=self.pool_impl)
+    res = functools.partial(blocks.ResBlock2dMP, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
+                            pool_impl=self.pool_impl)
     kinds = (conv, res, res, res, conv, res, res)
     widths = (w, w, w, w, 2 * w, 2 * w, 2 * w)
     for i, (kind, features, pool) in enumerate(zip(kinds, widths, self.layer_pools())):
@@ -146,19 +149,23 @@ def build_hcnn(num_classes: int, *, variant: str = 'tagging', n_harmonic: int = 
                semitone_scale: int = 2, low_note='C1', sample_rate: int = 16000,
                n_fft: int = 512, hop_length: int = 256, learn_bw: str = 'only_Q',
                learn_f0: bool = False, q_init: float = 1.0, input_norm: bool = True,
+               filterbank_precision: str = 'default', stft_method: str = 'rfft',
                width: int = 128, pools: Optional[Sequence[Pool]] = None,
                clamp_time_pool: Optional[bool] = None, dropout_rate: float = 0.5,
-               dtype: Dtype = jnp.float32, bn_axis_name: Optional[str] = None) -> Classifier:
+               pool_impl: str = 'argmax', dtype: Dtype = jnp.float32,
+               bn_axis_name: Optional[str] = None) -> Classifier:
   """HarmonicFrontend + HCNNBackend with the reference's defaults."""
   frontend = HarmonicFrontend(
       sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_harmonic=n_harmonic,
       semitone_scale=semitone_scale, low_note=low_note, learn_bw=learn_bw, learn_f0=learn_f0,
-      q_init=q_init, input_norm=input_norm, dtype=dtype, bn_axis_name=bn_axis_name)
+      q_init=q_init, input_norm=input_norm, filterbank_precision=filterbank_precision,
+      stft_method=stft_method, dtype=dtype, bn_axis_name=bn_axis_name)
   frontend.fundamentals()  # bad harmonic settings fail here, at construction
   backend = HCNNBackend(num_classes=num_classes, width=width, variant=variant, pools=pools,
-                        clamp_time_pool=clamp_time_pool, dropout_rate=dropout_rate, dtype=dtype,
-                        bn_axis_name=bn_axis_name)
+                        clamp_time_pool=clamp_time_pool, dropout_rate=dropout_rate,
+                        pool_impl=pool_impl, dtype=dtype, bn_axis_name=bn_axis_name)
   backend.layer_pools()
+  blocks.pool_fn(pool_impl)  # an unknown pool_impl fails here, at construction
   return Classifier(frontend=frontend, backend=backend)
 
 
