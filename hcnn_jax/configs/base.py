@@ -17,6 +17,8 @@ Keys:
   eval_chunks, eval_tracks_per_batch   track-level evaluation: chunks per track, tracks per batch
   checkpoint_every_steps               periodic checkpoints (0: only at epoch ends)
   checkpoints_to_keep, log_every_steps, worker_count (grain processes; 0 = in the main process)
+  data_in_memory        decode the train split once into a shared int16 file in /dev/shm (crops
+                        become slices instead of decompressing a track; see data/in_memory.py)
   final_eval_split      split evaluated with the best checkpoint after training
   progress_bar          tqdm bars on the training and evaluation loops
 """
@@ -48,6 +50,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.checkpoints_to_keep = 2
   c.log_every_steps = 50
   c.worker_count = 0
+  c.data_in_memory = False
   c.final_eval_split = 'test'
   c.progress_bar = True
   return c

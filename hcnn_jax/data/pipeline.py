@@ -74,38 +74,58 @@ def steps_per_epoch(num_records: int, global_batch_size: int, shard_count: int =
   return (num_records // shard_count) // host_batch_size(global_batch_size, shard_count)
 
 
-class RandomCrop(grain.transforms.RandomMap):
-  """Record → {'audio': float32 (input_length,), 'labels': float32 (C,)} with a random crop."""
+AUDIO_DTYPES = ('float32', 'int16')
 
-  def __init__(self, input_length: int):
+
+def check_audio_dtype(audio_dtype: str) -> np.dtype:
+  if audio_dtype not in AUDIO_DTYPES:
+    raise ValueError(f'audio_dtype must be one of {AUDIO_DTYPES}, got {audio_dtype!r}.')
+  return np.dtype(audio_dtype)
+
+
+class RandomCrop(grain.transforms.RandomMap):
+  """Record → {'audio': (input_length,), 'labels': float32 (C,)} with a random crop.
+
+  Audio is float32 in [-1, 1), or with audio_dtype 'int16' the stored samples themselves (half
+  the bytes to batch and send; the train step divides by 32768 on the device, which gives the
+  same float32 values).
+  """
+
+  def __init__(self, input_length: int, audio_dtype: str = 'float32'):
     self.input_length = int(input_length)
+    self.audio_dtype = check_audio_dtype(audio_dtype)
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     crop = chunking.random_crop(element['audio'], self.input_length, rng)
-    return {'audio': crop.astype(np.float32) / INT16_SCALE,
-            'labels': np.asarray(element['labels'], np.float32)}
+    if self.audio_dtype == np.int16:
+      audio = np.asarray(crop, np.int16)
+    else:
+      audio = crop.astype(np.float32) / INT16_SCALE
+    return {'audio': audio, 'labels': np.asarray(element['labels'], np.float32)}
 
 
 class CheckBatch(grain.transforms.Map):
   """Fails loudly if a batch does not have the promised shapes and dtypes."""
 
-  def __init__(self, batch_size: int, input_length: int, num_classes: int):
+  def __init__(self, batch_size: int, input_length: int, num_classes: int,
+               audio_dtype: str = 'float32'):
     self.batch_size = batch_size
     self.input_length = input_length
     self.num_classes = num_classes
+    self.audio_dtype = check_audio_dtype(audio_dtype)
 
   def map(self, element: dict[str, Any]) -> dict[str, Any]:
     chex.assert_shape(element['audio'], (self.batch_size, self.input_length))
     chex.assert_shape(element['labels'], (self.batch_size, self.num_classes))
-    chex.assert_type([element['audio'], element['labels']], [np.float32, np.float32])
+    chex.assert_type([element['audio'], element['labels']], [self.audio_dtype, np.float32])
     return element
 
 
 def train_loader(source, *, input_length: int, global_batch_size: int, seed: int,
                  num_epochs: int | None = None, shard_index: int | None = None,
                  shard_count: int | None = None, worker_count: int = 0,
-                 worker_buffer_size: int = 2, read_threads: int | None = None
-                 ) -> grain.DataLoader:
+                 worker_buffer_size: int = 2, read_threads: int | None = None,
+                 audio_dtype: str = 'float32') -> grain.DataLoader:
   """A grain DataLoader of shuffled, randomly cropped, host-local training batches.
 
   Yields {'audio': float32 (B_host, input_length), 'labels': float32 (B_host, C)} with
@@ -113,7 +133,9 @@ def train_loader(source, *, input_length: int, global_batch_size: int, seed: int
   epoch boundaries); the remainder at the very end is dropped. Each shard gets
   len(source) // shard_count tracks of every epoch's permutation. read_threads (default 16, as
   grain) read records in each worker; the read-ahead is max(2 · B_host, 2 · read_threads) records.
+  audio_dtype 'int16' yields the stored samples instead of float32 (see RandomCrop).
   """
+  check_audio_dtype(audio_dtype)
   chunking.check_input_length(input_length)
   shard_index, shard_count = _resolve_shard(shard_index, shard_count)
   batch = host_batch_size(global_batch_size, shard_count)
@@ -148,9 +170,9 @@ def train_loader(source, *, input_length: int, global_batch_size: int, seed: int
       data_source=source,
       sampler=sampler,
       operations=[
-          RandomCrop(input_length),
+          RandomCrop(input_length, audio_dtype),
           grain.transforms.Batch(batch_size=batch, drop_remainder=True),
-          CheckBatch(batch, int(input_length), num_classes),
+          CheckBatch(batch, int(input_length), num_classes, audio_dtype),
       ],
       worker_count=int(worker_count),
       worker_buffer_size=int(worker_buffer_size),

@@ -25,7 +25,7 @@ KNOWN_KEYS = frozenset({
     'dataset', 'task', 'selection_metric', 'selection_mode', 'model', 'input_length',
     'batch_size', 'num_epochs', 'steps_per_epoch', 'optimizer', 'seed', 'dtype', 'eval_chunks',
     'eval_tracks_per_batch', 'checkpoint_every_steps', 'checkpoints_to_keep', 'log_every_steps',
-    'worker_count', 'final_eval_split', 'progress_bar',
+    'worker_count', 'final_eval_split', 'progress_bar', 'data_in_memory',
 })
 REQUIRED_KEYS = ('dataset', 'model', 'input_length', 'batch_size', 'num_epochs', 'optimizer',
                  'seed', 'dtype', 'eval_chunks', 'eval_tracks_per_batch')
@@ -175,6 +175,8 @@ def _check_sizes(config, problems: List[str]) -> None:
   _positive_int(config, 'checkpoints_to_keep', problems, optional=True)
   _positive_int(config, 'log_every_steps', problems, optional=True)
   _positive_int(config, 'worker_count', problems, allow_zero=True, optional=True)
+  if config.get('data_in_memory') not in (None, True, False):
+    problems.append(f'data_in_memory: must be True or False, got {config.get("data_in_memory")!r}')
   split = config.get('final_eval_split')
   if split is not None and split not in SPLITS:
     problems.append(f'final_eval_split: {split!r}; use one of {list(SPLITS)}')

@@ -37,7 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from hcnn_jax import tasks
-from hcnn_jax.data import pipeline, sources
+from hcnn_jax.data import in_memory, pipeline, sources
 from hcnn_jax.training import checkpoint as ckpt_lib
 from hcnn_jax.training import config_check, optim, parallel, schedule
 from hcnn_jax.training import state as state_lib
@@ -300,9 +300,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       state, data_state, _ = ckpts.restore(state, latest)
       log.info('Resumed from %s (epoch %d done).', ckpts.path(latest), book['epochs_done'])
 
+    if config.get('data_in_memory'):
+      t = time.time()
+      train_source = in_memory.DecodedSource(train_source, name=f'the train split of '
+                                             f'{config.dataset.name!r}')
+      log.info('Decoded the train split into memory: %r, in %.0f s.', train_source,
+               time.time() - t)
+    # int16 crops: half the bytes through the loader and to the devices; the step rescales.
     loader = pipeline.train_loader(
         train_source, input_length=int(config.input_length), global_batch_size=batch_size,
-        seed=int(config.seed), worker_count=int(config.get('worker_count') or 0))
+        seed=int(config.seed), worker_count=int(config.get('worker_count') or 0),
+        audio_dtype='int16')
     data_iter = iter(loader)
     if data_state is not None:
       data_iter.set_state(data_state)

@@ -52,6 +52,14 @@ def dropout_key(state: TrainState, axis_name: str) -> jnp.ndarray:
                             lax.axis_index(axis_name))
 
 
+def float_audio(audio: jnp.ndarray) -> jnp.ndarray:
+  """Waveforms as float32 in [-1, 1): int16 batches (the pipeline's `audio_dtype='int16'`) are
+  scaled on the device; float batches pass as they are."""
+  if jnp.issubdtype(audio.dtype, jnp.integer):
+    return audio.astype(jnp.float32) / 32768.0
+  return audio
+
+
 def train_step(state: TrainState, batch: Dict[str, jnp.ndarray], *, model: nn.Module,
                loss_fn: LossFn, tx: optax.GradientTransformation,
                axis_name: str = 'data') -> Tuple[TrainState, Dict[str, jnp.ndarray]]:
@@ -65,7 +73,8 @@ def train_step(state: TrainState, batch: Dict[str, jnp.ndarray], *, model: nn.Mo
 
   def loss_and_stats(params):
     logits, updates = model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, batch['audio'], train=True,
+        {'params': params, 'batch_stats': state.batch_stats}, float_audio(batch['audio']),
+        train=True,
         rngs={'dropout': dropout_key(state, axis_name)}, mutable=['batch_stats'])
     # The loss is float32 whatever the compute dtype: bf16 log-sigmoids lose too much.
     loss = loss_fn(logits.astype(jnp.float32), batch['labels'])
@@ -104,7 +113,7 @@ def eval_step(variables: Dict[str, PyTree], batch: Dict[str, jnp.ndarray], *, mo
   tracks (`mask` False) are computed like the others; the caller drops them. Needs no collective,
   so it runs unchanged on one device or per device under shard_map.
   """
-  audio = batch['audio']
+  audio = float_audio(batch['audio'])
   n, chunks, length = audio.shape
   logits = model.apply(variables, audio.reshape(n * chunks, length), train=False)
   logits = logits.astype(jnp.float32).reshape(n, chunks, -1)
