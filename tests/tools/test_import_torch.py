@@ -12,96 +12,11 @@ import pytest
 torch = pytest.importorskip('torch')
 nn = torch.nn
 
+from bench.torch_hcnn import HarmonicCNN  # noqa: E402  (the reference's twin; needs torch)
 from hcnn_jax.tools import import_torch  # noqa: E402  (after the importorskip)
 
-SR, N_FFT, HOP = 16000, 512, 256
 WIDTH, N_HARMONIC, NUM_CLASSES = 4, 6, 7
 LENGTH = 80_000  # the reference's 5 s: seven time pools 2,2,2,2,2,3,3 → 1 frame
-
-
-class HarmonicSTFT(nn.Module):
-  """The reference front-end (section 1) in torch: power STFT → triangular harmonic filters."""
-
-  def __init__(self, n_harmonic: int):
-    super().__init__()
-    self.n_harmonic = n_harmonic
-    self.bw_Q = nn.Parameter(torch.tensor([1.0]))
-    low = 24  # C1
-    high = int(round(12 * (np.log2(SR / (2 * n_harmonic)) - np.log2(440.0)) + 69))
-    self.level = (high - low) * 2
-    midi = torch.linspace(low, high, self.level + 1, dtype=torch.float64)[:-1]
-    f0 = 440.0 * 2.0 ** ((midi - 69.0) / 12.0)
-    self.register_buffer('centres', torch.cat([f0 * (h + 1) for h in range(n_harmonic)]).float(),
-                         persistent=False)
-    self.register_buffer('bins', torch.linspace(0, SR // 2, N_FFT // 2 + 1), persistent=False)
-    self.register_buffer('window', torch.hann_window(N_FFT), persistent=False)
-
-  def forward(self, x):
-    spec = torch.stft(x, N_FFT, HOP, window=self.window, center=True, pad_mode='reflect',
-                      return_complex=True).abs() ** 2  # (B, 257, T)
-    bw = (0.1079 * self.centres + 24.7) / self.bw_Q
-    f = self.bins[:, None]
-    fb = torch.relu(torch.minimum(1 + 2 * (f - self.centres) / bw, 1 - 2 * (f - self.centres) / bw))
-    h = torch.matmul(spec.transpose(1, 2), fb).transpose(1, 2)  # (B, H·level, T)
-    h = h.reshape(h.shape[0], self.n_harmonic, self.level, h.shape[-1])
-    return 10.0 * torch.log10(torch.clamp(h, min=1e-10))
-
-
-class Conv_2d(nn.Module):
-  def __init__(self, cin, cout, pool):
-    super().__init__()
-    self.conv = nn.Conv2d(cin, cout, 3, padding=1)
-    self.bn = nn.BatchNorm2d(cout)
-    self.mp = nn.MaxPool2d(pool)
-
-  def forward(self, x):
-    return self.mp(torch.relu(self.bn(self.conv(x))))
-
-
-class Res_2d_mp(nn.Module):
-  def __init__(self, c, pool):
-    super().__init__()
-    self.conv_1 = nn.Conv2d(c, c, 3, padding=1)
-    self.bn_1 = nn.BatchNorm2d(c)
-    self.conv_2 = nn.Conv2d(c, c, 3, padding=1)
-    self.bn_2 = nn.BatchNorm2d(c)
-    self.mp = nn.MaxPool2d(pool)
-
-  def forward(self, x):
-    y = self.bn_2(self.conv_2(torch.relu(self.bn_1(self.conv_1(x)))))
-    return self.mp(torch.relu(x + y))
-
-
-class HarmonicCNN(nn.Module):
-  """sota's HarmonicCNN layout and attribute names, at a tiny width."""
-
-  def __init__(self, n_channels, n_class, n_harmonic):
-    super().__init__()
-    c = n_channels
-    self.hstft = HarmonicSTFT(n_harmonic)
-    self.hstft_bn = nn.BatchNorm2d(n_harmonic)
-    self.layer1 = Conv_2d(n_harmonic, c, 2)
-    self.layer2 = Res_2d_mp(c, 2)
-    self.layer3 = Res_2d_mp(c, 2)
-    self.layer4 = Res_2d_mp(c, 2)
-    self.layer5 = Conv_2d(c, 2 * c, 2)
-    self.layer6 = Res_2d_mp(2 * c, (2, 3))
-    self.layer7 = Res_2d_mp(2 * c, (2, 3))
-    self.dense1 = nn.Linear(2 * c, 2 * c)
-    self.bn = nn.BatchNorm1d(2 * c)
-    self.dense2 = nn.Linear(2 * c, n_class)
-    self.dropout = nn.Dropout(0.5)
-
-  def forward(self, x):
-    x = self.hstft_bn(self.hstft(x))
-    for i in range(1, 8):
-      x = getattr(self, f'layer{i}')(x)
-    x = x.squeeze(2)
-    if x.size(-1) != 1:
-      x = nn.MaxPool1d(x.size(-1))(x)
-    x = x.squeeze(2)
-    x = self.dropout(torch.relu(self.bn(self.dense1(x))))
-    return torch.sigmoid(self.dense2(x))
 
 
 @pytest.fixture(scope='module')

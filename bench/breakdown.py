@@ -1,0 +1,251 @@
+"""Where a train step's time goes: variants of one model side by side, FLOPs, and a kernel profile.
+
+  python -m bench.breakdown [--model hcnn] [--batch 256] [--dtype bfloat16] [--steps 20]
+      [--variants '{"base": {}, "fb_default": {"filterbank_precision": "default"}}']
+      [--trace DIR] [--hlo DIR] [--json OUT.json]
+
+In one process, for each named variant (extra `get_model` kwargs), it compiles and times:
+- `train`: the data-parallel train step of `hcnn_jax.training.parallel` (as `bench.run`);
+- `infer`: the evaluation step on the same batch;
+- `frontend`: the model's front-end alone, forward, and forward + gradient of its parameters;
+and reads XLA's FLOP count of the compiled train and eval steps (`cost_analysis`), so that
+clips/s can be set against the arithmetic done. With --trace, it profiles five train steps of the
+first variant (`jax.profiler`, perfetto JSON) and prints the kernels that took the most device
+time; with --hlo it writes each variant's optimised train-step HLO, to map fusion names to ops.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import time
+from typing import Any, Dict, List
+
+DEFAULT_VARIANTS = {
+    'base': {},
+    'fb_default': {'filterbank_precision': 'default'},
+    'stft_matmul': {'stft_method': 'matmul'},
+}
+
+
+def _time(fn, args_fn, steps: int, warmup: int = 3) -> float:
+  import jax
+  out = None
+  for _ in range(warmup):
+    out = fn(*args_fn(out))
+  jax.block_until_ready(out)
+  start = time.perf_counter()
+  for _ in range(steps):
+    out = fn(*args_fn(out))
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / steps, out
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get('flops', float('nan')))
+
+
+def measure_variant(model_name: str, variant: Dict[str, Any], *, batch: int, dtype: str,
+                    steps: int, hlo_path: str | None = None) -> Dict[str, Any]:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+
+  from hcnn_jax import tasks
+  from hcnn_jax.models import default_input_length, get_model
+  from hcnn_jax.training import parallel, precision, state as state_lib
+
+  length = default_input_length(model_name)
+  model = get_model(model_name, 50, **precision.model_kwargs(dtype, **variant))
+  task = tasks.get_task('tagging')
+  tx = optax.chain(optax.add_decayed_weights(1e-4), optax.adam(1e-4))
+  mesh = parallel.make_mesh()
+  state = parallel.replicate(
+      state_lib.create_train_state(model, tx, jax.random.PRNGKey(0), length), mesh)
+  rng = np.random.default_rng(0)
+  audio = rng.uniform(-1, 1, (batch, length)).astype(np.float32)
+  labels = (rng.uniform(size=(batch, 50)) < 0.1).astype(np.float32)
+  train_batch = parallel.shard_batch({'audio': audio, 'labels': labels}, mesh)
+  row: Dict[str, Any] = {}
+
+  t = time.perf_counter()
+  train = parallel.make_train_step(model, task.loss, tx, mesh).lower(state, train_batch).compile()
+  row['train_compile_s'] = time.perf_counter() - t
+  row['train_gflop_per_clip'] = _flops(train) / batch / 1e9
+  if hlo_path:
+    with open(hlo_path, 'w') as f:
+      f.write(train.as_text())
+
+  def train_args(out):  # the state is donated: always pass the latest one
+    return (state if out is None else out[0]), train_batch
+
+  sec, (state, metrics) = _time(train, train_args, steps)
+  row['train_ms'], row['train_clips_per_s'] = 1e3 * sec, batch / sec
+  row['finite'] = bool(np.isfinite(float(jax.device_get(metrics['loss']))))
+
+  variables = state_lib.variables(state)
+  eval_batch = parallel.shard_batch({'audio': audio[:, None, :], 'labels': labels,
+                                     'mask': np.ones((batch,), bool)}, mesh)
+  infer = parallel.make_eval_step(model, task.loss, task.predict, mesh).lower(
+      variables, eval_batch).compile()
+  row['infer_gflop_per_clip'] = _flops(infer) / batch / 1e9
+  sec, _ = _time(infer, lambda _: (variables, eval_batch), steps)
+  row['infer_ms'], row['infer_clips_per_s'] = 1e3 * sec, batch / sec
+
+  # The front-end alone, on the same (single-device) batch.
+  frontend = model.frontend
+  fe_vars = {k: v['frontend'] for k, v in variables.items() if 'frontend' in v}
+  x = jax.device_put(audio)
+
+  @jax.jit
+  def fe_forward(v, x):
+    return frontend.apply(v, x, train=False)
+
+  @jax.jit
+  def fe_grad(v, x):
+    def loss(p):
+      out, _ = frontend.apply({**v, 'params': p}, x, train=True, mutable=['batch_stats'])
+      return jnp.mean(out.astype(jnp.float32))
+    return jax.grad(loss)(v['params'])
+
+  sec, _ = _time(fe_forward, lambda _: (fe_vars, x), steps)
+  row['frontend_fwd_ms'] = 1e3 * sec
+  if fe_vars.get('params'):
+    sec, _ = _time(fe_grad, lambda _: (fe_vars, x), steps)
+    row['frontend_fwd_bwd_ms'] = 1e3 * sec
+  return row
+
+
+def profile_kernels(step_fn, args_fn, trace_dir: str, steps: int = 5, top: int = 30
+                    ) -> Dict[str, List[Dict[str, Any]]]:
+  """Device time per name over `steps` profiled calls, largest first, for each line of the
+  device's trace ('kernels' of the CUDA streams, 'XLA Ops', 'XLA Modules')."""
+  import jax
+  out = None
+  for _ in range(2):
+    out = step_fn(*args_fn(out))
+  jax.block_until_ready(out)
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    for _ in range(steps):
+      out = step_fn(*args_fn(out))
+    jax.block_until_ready(out)
+  files = glob.glob(os.path.join(trace_dir, '**', '*perfetto_trace.json.gz'), recursive=True)
+  if not files:
+    return {}
+  with gzip.open(files[0], 'rt') as f:
+    events = json.load(f)
+  events = events.get('traceEvents', events) if isinstance(events, dict) else events
+  names = {e['pid']: e.get('args', {}).get('name', '') for e in events
+           if e.get('ph') == 'M' and e.get('name') == 'process_name'}
+  threads = {(e['pid'], e.get('tid')): e.get('args', {}).get('name', '') for e in events
+             if e.get('ph') == 'M' and e.get('name') == 'thread_name'}
+  device_pids = {pid for pid, n in names.items() if 'GPU' in n or 'TPU' in n or '/device' in n}
+  # A device's lines: CUDA streams hold kernels; derived lines ('XLA Ops', 'XLA Modules') repeat
+  # the same time per HLO op or per program, so each line is summed on its own.
+  total: Dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+  count: Dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+  for e in events:
+    if e.get('ph') == 'X' and e.get('pid') in device_pids:
+      line = threads.get((e['pid'], e.get('tid')), '')
+      line = 'XLA Ops' if 'XLA Ops' in line else ('XLA Modules' if 'Modules' in line else
+                                                 ('kernels' if 'Stream' in line else line))
+      total[line][e.get('name', '?')] += float(e.get('dur', 0.0))
+      count[line][e.get('name', '?')] += 1
+  out = {}
+  for line, counter in total.items():
+    busy = sum(counter.values()) or 1.0
+    out[line] = [{'name': k, 'ms_per_step': v / 1e3 / steps, 'share': v / busy,
+                  'calls_per_step': count[line][k] / steps} for k, v in counter.most_common(top)]
+  return out
+
+
+def main(argv=None) -> Dict[str, Any]:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--model', default='hcnn')
+  parser.add_argument('--batch', type=int, default=256)
+  parser.add_argument('--dtype', default='bfloat16')
+  parser.add_argument('--steps', type=int, default=20)
+  parser.add_argument('--variants', type=json.loads, default=None,
+                      help='JSON {name: get_model kwargs}; default: ' + json.dumps(DEFAULT_VARIANTS))
+  parser.add_argument('--trace', default=None, help='profile the first variant into this dir')
+  parser.add_argument('--hlo', default=None, help='write optimised train-step HLO here')
+  parser.add_argument('--json', default=None)
+  args = parser.parse_args(argv)
+  import jax
+
+  variants = args.variants or DEFAULT_VARIANTS
+  rows = {}
+  for name, kwargs in variants.items():
+    hlo = os.path.join(args.hlo, f'{name}.hlo.txt') if args.hlo else None
+    if hlo:
+      os.makedirs(args.hlo, exist_ok=True)
+    try:
+      rows[name] = measure_variant(args.model, kwargs, batch=args.batch, dtype=args.dtype,
+                                   steps=args.steps, hlo_path=hlo)
+    except Exception as e:  # one broken variant must not lose the others' figures
+      rows[name] = {'error': f'{type(e).__name__}: {e}'[:300]}
+    print(name, json.dumps(rows[name]), flush=True)
+
+  kernels: Dict[str, List[Dict[str, Any]]] = {}
+  if args.trace:
+    import numpy as np
+    import optax
+    from hcnn_jax import tasks
+    from hcnn_jax.models import default_input_length, get_model
+    from hcnn_jax.training import parallel, precision, state as state_lib
+    first = next(iter(variants.values()))
+    length = default_input_length(args.model)
+    model = get_model(args.model, 50, **precision.model_kwargs(args.dtype, **first))
+    tx = optax.adam(1e-4)
+    mesh = parallel.make_mesh()
+    state = parallel.replicate(
+        state_lib.create_train_state(model, tx, jax.random.PRNGKey(0), length), mesh)
+    rng = np.random.default_rng(0)
+    batch = parallel.shard_batch(
+        {'audio': rng.uniform(-1, 1, (args.batch, length)).astype(np.float32),
+         'labels': (rng.uniform(size=(args.batch, 50)) < 0.1).astype(np.float32)}, mesh)
+    step = parallel.make_train_step(model, tasks.get_task('tagging').loss, tx, mesh)
+
+    def args_fn(out):
+      return (state if out is None else out[0]), batch
+    kernels = profile_kernels(step, args_fn, args.trace)
+
+  print(f'\n{jax.devices()[0].device_kind}, jax {jax.__version__}, {args.model} {args.dtype} '
+        f'batch {args.batch}\n')
+  cols = ['train_clips_per_s', 'train_ms', 'infer_clips_per_s', 'frontend_fwd_ms',
+          'frontend_fwd_bwd_ms', 'train_gflop_per_clip', 'infer_gflop_per_clip',
+          'train_compile_s']
+  print('| variant | ' + ' | '.join(cols) + ' |')
+  print('|---' * (len(cols) + 1) + '|')
+  for name, r in rows.items():
+    if 'error' in r:
+      print(f'| {name} | error: {r["error"]} |')
+      continue
+    print(f'| {name} | ' + ' | '.join(
+        f'{r[c]:,.2f}' if isinstance(r.get(c), float) else '—' for c in cols) + ' |')
+  for line in ('XLA Modules', 'XLA Ops', 'kernels'):
+    if line not in kernels:
+      continue
+    print(f'\n| {line} | ms/step | share | calls/step |\n|---|---|---|---|')
+    for k in kernels[line][:5 if line == 'XLA Modules' else 30]:
+      print(f"| {k['name'][:100]} | {k['ms_per_step']:.3f} | {100 * k['share']:.1f} % | "
+            f"{k['calls_per_step']:.0f} |")
+  result = {'device': jax.devices()[0].device_kind, 'jax': jax.__version__, 'model': args.model,
+            'dtype': args.dtype, 'batch': args.batch, 'variants': variants, 'rows': rows,
+            'kernels': kernels}
+  if args.json:
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, 'w') as f:
+      json.dump(result, f, indent=2)
+  return result
+
+
+if __name__ == '__main__':
+  main()
