@@ -89,10 +89,13 @@ def _max_pool_first(x, window, shape):
 def _max_pool_first_fwd(x, window, shape):
   del shape
   views = _window_views(x, *window)
-  best, arg = views[0], jnp.zeros(views[0].shape, jnp.int8)
+  index_dtype = jnp.int8 if len(views) <= 127 else jnp.int32
+  best, arg = views[0], jnp.zeros(views[0].shape, index_dtype)
   for k, v in enumerate(views[1:], 1):
-    take = v > best  # strict: a tie keeps the earlier position, as PyTorch's max_pool2d
-    best, arg = jnp.where(take, v, best), jnp.where(take, jnp.int8(k), arg)
+    # Strict: a tie keeps the earlier position, as PyTorch's max_pool2d; a NaN wins and stays
+    # (NaN > x is false), so a diverging activation is not hidden.
+    take = (v > best) | jnp.isnan(v)
+    best, arg = jnp.where(take, v, best), jnp.where(take, jnp.asarray(k, index_dtype), arg)
   return best, arg
 
 
@@ -117,6 +120,7 @@ def max_pool_argmax(x: jnp.ndarray, pool: Pool) -> jnp.ndarray:
   backward pass scatters the gradient there. The reshape version's gradient re-reads the full
   pre-pool activation and counts ties over it; at the HCNN's first layer that activation is the
   largest tensor of the network (128 × 313 × 128 per clip), so two passes over it are saved.
+  Reverse mode only (a custom VJP): jax.jvp / jacfwd through it raise; use `max_pool` there.
   """
   p = _pair(pool)
   if p is None or p == (1, 1):

@@ -161,6 +161,7 @@ def build_hcnn(num_classes: int, *, variant: str = 'tagging', n_harmonic: int = 
       q_init=q_init, input_norm=input_norm, filterbank_precision=filterbank_precision,
       stft_method=stft_method, dtype=dtype, bn_axis_name=bn_axis_name)
   frontend.fundamentals()  # bad harmonic settings fail here, at construction
+  frontend._validate()  # pylint: disable=protected-access  (so do bad front-end options)
   backend = HCNNBackend(num_classes=num_classes, width=width, variant=variant, pools=pools,
                         clamp_time_pool=clamp_time_pool, dropout_rate=dropout_rate,
                         pool_impl=pool_impl, dtype=dtype, bn_axis_name=bn_axis_name)

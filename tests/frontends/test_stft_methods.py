@@ -188,3 +188,10 @@ def test_build_hcnn_checks_pool_impl_and_passes_the_options_on():
   default = build_hcnn(num_classes=3, width=4)
   assert (default.backend.pool_impl, default.frontend.filterbank_precision,
           default.frontend.stft_method) == ('argmax', 'default', 'rfft')
+
+
+@pytest.mark.parametrize('option', [{'filterbank_precision': 'bad'}, {'stft_method': 'nope'}])
+def test_build_hcnn_rejects_bad_frontend_options_at_construction(option):
+  # Like a bad pool_impl, a bad front-end option must fail when the model is built, not at init.
+  with pytest.raises(ValueError, match=next(iter(option))):
+    build_hcnn(num_classes=3, width=4, **option)

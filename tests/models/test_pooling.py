@@ -205,3 +205,21 @@ def test_tiny_hcnn_trains_identically_with_either_pool():
   # The gradient reaches the front-end's Q and the first conv through all seven pools.
   assert float(jnp.abs(grads_a['frontend']['bw_Q'])) > 0
   assert float(jnp.abs(grads_a['backend']['layer1']['Conv_0']['kernel']).max()) > 0
+
+
+def test_argmax_pool_propagates_nan_like_max_pool():
+  # A NaN anywhere in a window must reach the output (as max_pool and PyTorch do): a NaN
+  # swallowed by the pool would hide a diverging activation.
+  x = jnp.asarray([[1.0, jnp.nan], [3.0, 0.0]]).reshape(1, 2, 2, 1)
+  assert np.isnan(np.asarray(blocks.max_pool(x, 2))).all()
+  assert np.isnan(np.asarray(blocks.max_pool_argmax(x, 2))).all()
+
+
+def test_argmax_pool_windows_over_127_positions():
+  # The stored position is int8 up to 127 positions; larger windows need a wider index.
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(1, 24, 24, 2)).astype(np.float32))
+  np.testing.assert_array_equal(blocks.max_pool_argmax(x, 12), blocks.max_pool(x, 12))
+  g = jax.grad(lambda v: blocks.max_pool_argmax(v, 12).sum())(x)
+  gr = jax.grad(lambda v: blocks.max_pool(v, 12).sum())(x)
+  np.testing.assert_array_equal(g, gr)
