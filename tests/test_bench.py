@@ -1,0 +1,143 @@
+"""CPU smoke runs of the benchmark entry points (bench/), at the tiniest settings.
+
+The benchmarks are run by hand on accelerators, where a crash after an hour of set-up is costly;
+these runs check that each entry point still goes end to end against the current training code
+(train step, eval step, loader, in-memory source) and returns its documented results: positive,
+finite clips/s in rows with the expected keys. The timings themselves mean nothing here.
+
+The JAX runs share the persistent compilation cache of test_loop.py, and the calls are chosen to
+compile the same train step (HCNN width 4, batch 2, float32, the benchmarks' Adam): bench.run
+compiles it in its subprocess, breakdown and end_to_end then load it. Even so the module takes
+about 70 s on a 2-core machine on its first run (bench.run alone ~35 s: its subprocess imports
+JAX and compiles cold), about 20 s once the cache holds the steps.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+import pytest
+from jax.experimental.compilation_cache import compilation_cache as jax_cache
+
+_CACHE_OPTIONS = {'jax_compilation_cache_dir': None,
+                  'jax_persistent_cache_min_compile_time_secs': 0,
+                  'jax_persistent_cache_min_entry_size_bytes': 0}
+
+
+@pytest.fixture(scope='module')
+def cache_dir(request):
+  """The persistent compilation cache, for this process and the subprocesses of bench.run."""
+  path = str(request.config.cache.mkdir('jax_compilation_cache'))
+  before = {k: getattr(jax.config, k) for k in _CACHE_OPTIONS}
+  for key, value in dict(_CACHE_OPTIONS, jax_compilation_cache_dir=path).items():
+    jax.config.update(key, value)
+  jax_cache.reset_cache()
+  yield path
+  for key, value in before.items():
+    jax.config.update(key, value)
+  jax_cache.reset_cache()
+
+
+def _rate(value):
+  return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+# Slow: about 35 s on a 2-core CPU with a cold cache (a fresh subprocess imports JAX and compiles
+# the HCNN step), 4 s with a warm one.
+def test_run_cpu_preset(cache_dir, tmp_path, monkeypatch):
+  from bench import run
+  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', cache_dir)
+  monkeypatch.setenv('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  monkeypatch.setenv('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+  out = tmp_path / 'run.json'
+  result = run.main(['--preset', 'cpu', '--steps', '1', '--warmup', '0', '--json', str(out)])
+  (row,) = result['results']
+  assert 'error' not in row, row['error']
+  assert (row['model'], row['dtype'], row['batch']) == ('hcnn', 'float32', 2)
+  assert row['model_kwargs'] == {'width': 4} and row['input_length'] == 80_000
+  assert row['steps'] == 1 and row['finite'] is True and row['params'] > 0
+  for key in ('train_clips_per_s', 'infer_clips_per_s', 'train_step_ms', 'infer_step_ms',
+              'train_compile_s', 'infer_compile_s', 'peak_mem_mb'):
+    assert _rate(row[key]), (key, row[key])
+  assert row['mem_source'] in ('device', 'rss')
+  assert result['meta']['preset'] == 'cpu' and result['meta']['backend'] == jax.default_backend()
+  assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+  table = run.markdown(result['results'])
+  assert table.splitlines()[2].startswith('| hcnn | float32 | 2 | ')
+
+
+def test_run_rejects_an_unknown_model_before_running_anything():
+  from bench import run
+  with pytest.raises(SystemExit):
+    run.main(['--models', 'no_such_model'])
+
+
+def test_breakdown_of_one_tiny_variant(cache_dir):
+  from bench import breakdown
+  result = breakdown.main(['--batch', '2', '--steps', '1', '--dtype', 'float32',
+                           '--variants', '{"tiny": {"width": 4}}'])
+  assert result['variants'] == {'tiny': {'width': 4}} and result['kernels'] == {}
+  row = result['rows']['tiny']
+  assert 'error' not in row, row['error']
+  assert row['finite'] is True
+  for key in ('train_clips_per_s', 'infer_clips_per_s', 'train_ms', 'infer_ms',
+              'frontend_fwd_ms', 'frontend_fwd_bwd_ms'):
+    assert _rate(row[key]), (key, row[key])
+  # XLA's FLOP count may be missing on some backends (NaN); where it is there it is positive.
+  for key in ('train_gflop_per_clip', 'infer_gflop_per_clip'):
+    assert math.isnan(row[key]) or row[key] > 0, (key, row[key])
+
+
+def test_breakdown_keeps_a_broken_variant_as_an_error_row(cache_dir):
+  from bench import breakdown
+  result = breakdown.main(['--batch', '2', '--steps', '1', '--dtype', 'float32',
+                           '--variants', '{"bad": {"width": 4, "no_such_kwarg": 1}}'])
+  assert set(result['rows']['bad']) == {'error'}
+
+
+def test_end_to_end_disk_and_memory_feeds(cache_dir, tmp_path, monkeypatch):
+  from bench import end_to_end
+  from hcnn_jax.data import in_memory
+  shm = tmp_path / 'shm'  # the decoded split's file goes here instead of /dev/shm
+  shm.mkdir()
+  monkeypatch.setattr(in_memory, 'default_directory', lambda: str(shm))
+  made = []
+  real_init = in_memory.DecodedSource.__init__
+
+  def init(self, *args, **kwargs):
+    real_init(self, *args, **kwargs)
+    made.append(self._path)
+  monkeypatch.setattr(in_memory.DecodedSource, '__init__', init)
+  result = end_to_end.main(['--model_kwargs', '{"width": 4}', '--batch', '2', '--tracks', '8',
+                            '--steps', '2', '--warmup', '1',
+                            '--feeds', 'disk:0:int16,memory:0:int16', '--dtype', 'float32',
+                            '--data_dir', str(tmp_path / 'data')])
+  assert result['tracks'] == 8 and result['batch'] == 2
+  assert _rate(result['synthetic_clips_per_s'])
+  rows = result['rows']
+  assert [(r['source'], r['workers'], r['audio_dtype']) for r in rows] == [
+      ('disk', 0, 'int16'), ('memory', 0, 'int16')]
+  for r in rows:
+    for key in ('loader_clips_per_s', 'train_clips_per_s', 'ratio'):
+      assert _rate(r[key]), (key, r)
+    assert r['startup_s'] >= 0
+  assert os.path.isdir(tmp_path / 'data' / 'fake_tracks')  # the dataset went where asked
+  assert len(made) == 1 and os.path.dirname(made[0]) == str(shm)  # decoded once, for 'memory'
+  assert os.listdir(shm) == []  # and removed when the benchmark let go of it
+
+
+def test_end_to_end_rejects_a_bad_feed():
+  from bench import end_to_end
+  with pytest.raises(SystemExit):
+    end_to_end.main(['--feeds', 'disk:0:float16'])
+
+
+def test_torch_twin_measures_on_the_cpu():
+  torch = pytest.importorskip('torch')
+  from bench import torch_hcnn
+  row = torch_hcnn.measure(2, 'fp32', 1, 1, width=4)
+  assert (row['batch'], row['mode']) == (2, 'fp32')
+  assert _rate(row['train_clips_per_s']) and _rate(row['infer_clips_per_s'])
+  assert row['device'] == (torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')
