@@ -203,7 +203,7 @@ def main(argv=None) -> Dict[str, Any]:
   models = args.models or preset['models']
   batches = args.batch or preset['batch']
   dtypes = args.dtype or preset['dtype']
-  steps = args.steps or preset['steps']
+  steps = preset['steps'] if args.steps is None else args.steps
   warmup = preset['warmup'] if args.warmup is None else args.warmup
   kwargs = preset['model_kwargs'] if args.model_kwargs is None else args.model_kwargs
   if steps < 1 or warmup < 0 or min(batches) < 1:

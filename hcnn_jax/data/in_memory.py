@@ -54,8 +54,10 @@ class DecodedSource:
 
     def read(i: int):
       record = source[i]
-      return (np.asarray(record['audio'], np.int16),
-              np.asarray(record['labels'], np.float32))
+      audio = np.asarray(record['audio'])
+      if audio.dtype != np.int16:
+        raise ValueError(f'{name}: track {i} has {audio.dtype} audio; DecodedSource holds int16.')
+      return audio, np.asarray(record['labels'], np.float32)
 
     fd, path = tempfile.mkstemp(prefix='hcnn_decoded_', suffix='.int16', dir=directory)
     self._finalizer = weakref.finalize(self, _unlink, path)

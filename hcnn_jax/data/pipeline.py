@@ -13,7 +13,9 @@ chunks of input_length (`chunking.eval_chunks`), in a fixed order; batches alway
 mask False and index -1). Every shard yields the same number of batches, so multi-host
 evaluation stays in lockstep.
 
-Audio leaves the pipeline as float32 in [-1, 1) (int16 / 32768), labels as float32.
+Audio leaves the pipeline as float32 in [-1, 1) (int16 / 32768), or for training with
+audio_dtype='int16' as the stored samples (the train step rescales them on the device); labels
+as float32.
 """
 from __future__ import annotations
 
@@ -128,7 +130,7 @@ def train_loader(source, *, input_length: int, global_batch_size: int, seed: int
                  audio_dtype: str = 'float32') -> grain.DataLoader:
   """A grain DataLoader of shuffled, randomly cropped, host-local training batches.
 
-  Yields {'audio': float32 (B_host, input_length), 'labels': float32 (B_host, C)} with
+  Yields {'audio': float32 or int16 (B_host, input_length), 'labels': float32 (B_host, C)} with
   B_host = global_batch_size // shard_count. num_epochs None repeats forever (batches run across
   epoch boundaries); the remainder at the very end is dropped. Each shard gets
   len(source) // shard_count tracks of every epoch's permutation. read_threads (default 16, as

@@ -175,7 +175,7 @@ def _check_sizes(config, problems: List[str]) -> None:
   _positive_int(config, 'checkpoints_to_keep', problems, optional=True)
   _positive_int(config, 'log_every_steps', problems, optional=True)
   _positive_int(config, 'worker_count', problems, allow_zero=True, optional=True)
-  if config.get('data_in_memory') not in (None, True, False):
+  if not isinstance(config.get('data_in_memory', False), (bool, type(None))):
     problems.append(f'data_in_memory: must be True or False, got {config.get("data_in_memory")!r}')
   split = config.get('final_eval_split')
   if split is not None and split not in SPLITS:

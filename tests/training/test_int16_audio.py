@@ -161,7 +161,7 @@ def _with(config, **values):
   return ml_collections.ConfigDict(d)
 
 
-@pytest.mark.parametrize('value', ['yes', 'False', [True]])
+@pytest.mark.parametrize('value', ['yes', 'False', [True], 1, 0.0])
 def test_config_check_wants_data_in_memory_true_or_false(value):
   config = fake_tiny.get_config()
   assert config.data_in_memory is False
