@@ -204,7 +204,8 @@ def test_rerun_of_a_finished_run_only_re_evaluates(schedule_run, monkeypatch):
 # ------------------------------------------------------------------------------------ guards
 
 class _PoisonedLoader:
-  """A train loader whose batch number `bad` (0-based) carries NaN audio."""
+  """A train loader whose batch number `bad` (0-based) carries NaN audio (float32: the loader's
+  int16 crops cannot hold a NaN, and the step takes float audio as it is)."""
 
   def __init__(self, loader, bad: int):
     self.loader, self.bad = loader, bad
@@ -221,7 +222,7 @@ class _PoisonedIterator:
   def __next__(self):
     batch = next(self.it)
     if self.count == self.bad:
-      batch = dict(batch, audio=np.full_like(batch['audio'], np.nan))
+      batch = dict(batch, audio=np.full(batch['audio'].shape, np.nan, np.float32))
     self.count += 1
     return batch
 
