@@ -19,6 +19,8 @@ import statistics
 import time
 from typing import Any, Dict
 
+from bench import common
+
 
 def main(argv=None) -> Dict[str, Any]:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -94,9 +96,7 @@ def main(argv=None) -> Dict[str, Any]:
           f"(sd {s['sd_roc_diff']:.4f}); |mean| ≤ 0.005: {s['within_0.005']}")
   result = {'device': jax.devices()[0].device_kind, 'rows': rows, 'summary': summary}
   if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, 'w') as f:
-      json.dump(result, f, indent=2)
+    common.write_json(args.json, result)
   return result
 
 

@@ -24,24 +24,13 @@ import os
 import time
 from typing import Any, Dict, List
 
+from bench import common
+
 DEFAULT_VARIANTS = {
     'base': {},
     'fb_default': {'filterbank_precision': 'default'},
     'stft_matmul': {'stft_method': 'matmul'},
 }
-
-
-def _time(fn, args_fn, steps: int, warmup: int = 3) -> float:
-  import jax
-  out = None
-  for _ in range(warmup):
-    out = fn(*args_fn(out))
-  jax.block_until_ready(out)
-  start = time.perf_counter()
-  for _ in range(steps):
-    out = fn(*args_fn(out))
-  jax.block_until_ready(out)
-  return (time.perf_counter() - start) / steps, out
 
 
 def _flops(compiled) -> float:
@@ -86,7 +75,7 @@ def measure_variant(model_name: str, variant: Dict[str, Any], *, batch: int, dty
   def train_args(out):  # the state is donated: always pass the latest one
     return (state if out is None else out[0]), train_batch
 
-  sec, (state, metrics) = _time(train, train_args, steps)
+  sec, (state, metrics) = common.timed(train, train_args, steps, 3)
   row['train_ms'], row['train_clips_per_s'] = 1e3 * sec, batch / sec
   row['finite'] = bool(np.isfinite(float(jax.device_get(metrics['loss']))))
 
@@ -96,7 +85,7 @@ def measure_variant(model_name: str, variant: Dict[str, Any], *, batch: int, dty
   infer = parallel.make_eval_step(model, task.loss, task.predict, mesh).lower(
       variables, eval_batch).compile()
   row['infer_gflop_per_clip'] = _flops(infer) / batch / 1e9
-  sec, _ = _time(infer, lambda _: (variables, eval_batch), steps)
+  sec, _ = common.timed(infer, lambda _: (variables, eval_batch), steps, 3)
   row['infer_ms'], row['infer_clips_per_s'] = 1e3 * sec, batch / sec
 
   # The front-end alone, on the same (single-device) batch.
@@ -115,10 +104,10 @@ def measure_variant(model_name: str, variant: Dict[str, Any], *, batch: int, dty
       return jnp.mean(out.astype(jnp.float32))
     return jax.grad(loss)(v['params'])
 
-  sec, _ = _time(fe_forward, lambda _: (fe_vars, x), steps)
+  sec, _ = common.timed(fe_forward, lambda _: (fe_vars, x), steps, 3)
   row['frontend_fwd_ms'] = 1e3 * sec
   if fe_vars.get('params'):
-    sec, _ = _time(fe_grad, lambda _: (fe_vars, x), steps)
+    sec, _ = common.timed(fe_grad, lambda _: (fe_vars, x), steps, 3)
     row['frontend_fwd_bwd_ms'] = 1e3 * sec
   return row
 
@@ -241,9 +230,7 @@ def main(argv=None) -> Dict[str, Any]:
             'dtype': args.dtype, 'batch': args.batch, 'variants': variants, 'rows': rows,
             'kernels': kernels}
   if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, 'w') as f:
-      json.dump(result, f, indent=2)
+    common.write_json(args.json, result)
   return result
 
 

@@ -29,6 +29,8 @@ import tempfile
 import time
 from typing import Any, Dict
 
+from bench import common
+
 SAMPLE_RATE = 16_000
 TRACK_SECONDS = 29.1
 NUM_CLASSES = 50
@@ -148,9 +150,7 @@ def main(argv=None) -> Dict[str, Any]:
             'model': args.model, 'dtype': args.dtype, 'batch': args.batch,
             'tracks': len(source), 'synthetic_clips_per_s': synthetic, 'rows': rows}
   if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, 'w') as f:
-      json.dump(result, f, indent=2)
+    common.write_json(args.json, result)
   if tmp is not None:
     tmp.cleanup()
   return result

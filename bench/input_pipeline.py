@@ -12,13 +12,14 @@ prepared dataset in --data_dir. For each worker count it reports the time to the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
 import time
 
 from hcnn_jax.data import pipeline, sources
+
+from bench import common
 
 
 def measure(source, *, workers: int, batch: int, input_length: int, seconds: float,
@@ -90,9 +91,7 @@ def main(argv=None) -> dict:
     print(f'{r["workers"]:>7} {r["startup_s"]:>9.2f} {r["clips_per_s"]:>9.1f} '
           f'{r["mb_per_s"]:>7.1f} {r["batches"]:>7}')
   if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, 'w') as f:
-      json.dump(result, f, indent=2)
+    common.write_json(args.json, result)
     print(f'wrote {args.json}')
   return result
 

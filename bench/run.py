@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
 import subprocess
 import sys
 import time
 from typing import Any, Dict, List, Optional
+
+from bench import common
 
 PRESETS: Dict[str, Dict[str, Any]] = {
     'cpu': {'models': ['hcnn'], 'batch': [2], 'dtype': ['float32'], 'steps': 3, 'warmup': 1,
@@ -65,21 +66,6 @@ def _peak_memory() -> Dict[str, Any]:
   scale = 1 if platform.system() == 'Darwin' else 1024
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
   return {'peak_mem_mb': rss / 2**20, 'mem_source': 'rss'}
-
-
-def _timed(fn, args_fn, steps: int, warmup: int):
-  """(seconds per call of `fn` after `warmup` calls, last output); args_fn(prev_output) gives the
-  next call's arguments."""
-  import jax
-  out = None
-  for _ in range(warmup):
-    out = fn(*args_fn(out))
-  jax.block_until_ready(out)
-  start = time.perf_counter()
-  for _ in range(steps):
-    out = fn(*args_fn(out))
-  jax.block_until_ready(out)
-  return (time.perf_counter() - start) / steps, out
 
 
 def measure(model_name: str, dtype: str, batch: int, steps: int, warmup: int,
@@ -123,7 +109,7 @@ def measure(model_name: str, dtype: str, batch: int, steps: int, warmup: int,
   def train_args(out):  # the state is donated: always pass the latest one
     return (state if out is None else out[0]), train_batch
 
-  seconds, (state, metrics) = _timed(train_step, train_args, steps, warmup)
+  seconds, (state, metrics) = common.timed(train_step, train_args, steps, warmup)
   row['train_step_ms'] = 1e3 * seconds
   row['train_clips_per_s'] = batch / seconds
   row['finite'] = bool(float(metrics['finite']) == 1.0)
@@ -137,7 +123,7 @@ def measure(model_name: str, dtype: str, batch: int, steps: int, warmup: int,
   eval_step = parallel.make_eval_step(model, task.loss, task.predict, mesh).lower(
       variables, eval_batch).compile()
   row['infer_compile_s'] = time.perf_counter() - start
-  seconds, _ = _timed(eval_step, lambda _: (variables, eval_batch), steps, warmup)
+  seconds, _ = common.timed(eval_step, lambda _: (variables, eval_batch), steps, warmup)
   row['infer_step_ms'] = 1e3 * seconds
   row['infer_clips_per_s'] = batch / seconds
   return row
@@ -246,9 +232,7 @@ def main(argv=None) -> Dict[str, Any]:
         f"jax {jax.__version__}, {steps} timed steps after {warmup} warm-up\n")
   print(markdown(rows))
   if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, 'w') as f:
-      json.dump(result, f, indent=2)
+    common.write_json(args.json, result)
   return result
 
 
