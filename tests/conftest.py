@@ -68,3 +68,25 @@ def pytest_configure(config):
     os.environ['NUMBA_CACHE_DIR'] = path
   else:
     os.environ.setdefault('NUMBA_CACHE_DIR', path)
+
+
+_CACHE_OPTIONS = {'jax_compilation_cache_dir': None,
+                  'jax_persistent_cache_min_compile_time_secs': 0,
+                  'jax_persistent_cache_min_entry_size_bytes': 0}
+
+
+@pytest.fixture(scope='module')
+def cache_dir(request):
+  """JAX's persistent compilation cache for a module's tests, in pytest's cache directory: tests
+  that compile the same programs (and subprocesses given the path) share it across runs."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from jax.experimental.compilation_cache import compilation_cache as jax_cache  # pylint: disable=import-outside-toplevel
+  path = str(request.config.cache.mkdir('jax_compilation_cache'))
+  before = {k: getattr(jax.config, k) for k in _CACHE_OPTIONS}
+  for key, value in dict(_CACHE_OPTIONS, jax_compilation_cache_dir=path).items():
+    jax.config.update(key, value)
+  jax_cache.reset_cache()
+  yield path
+  for key, value in before.items():
+    jax.config.update(key, value)
+  jax_cache.reset_cache()

@@ -19,25 +19,6 @@ import os
 
 import jax
 import pytest
-from jax.experimental.compilation_cache import compilation_cache as jax_cache
-
-_CACHE_OPTIONS = {'jax_compilation_cache_dir': None,
-                  'jax_persistent_cache_min_compile_time_secs': 0,
-                  'jax_persistent_cache_min_entry_size_bytes': 0}
-
-
-@pytest.fixture(scope='module')
-def cache_dir(request):
-  """The persistent compilation cache, for this process and the subprocesses of bench.run."""
-  path = str(request.config.cache.mkdir('jax_compilation_cache'))
-  before = {k: getattr(jax.config, k) for k in _CACHE_OPTIONS}
-  for key, value in dict(_CACHE_OPTIONS, jax_compilation_cache_dir=path).items():
-    jax.config.update(key, value)
-  jax_cache.reset_cache()
-  yield path
-  for key, value in before.items():
-    jax.config.update(key, value)
-  jax_cache.reset_cache()
 
 
 def _rate(value):

@@ -9,9 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import pytest
-from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from hcnn_jax.configs import fake_tiny, paper
 from hcnn_jax.data import sources
@@ -20,24 +18,6 @@ from hcnn_jax.training import config_check, loop
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = 'tracks=16,classes=5,samples=24000'
-_CACHE_OPTIONS = {'jax_compilation_cache_dir': None,
-                  'jax_persistent_cache_min_compile_time_secs': 0,
-                  'jax_persistent_cache_min_entry_size_bytes': 0}
-
-
-@pytest.fixture(scope='module')
-def cache_dir(request):
-  """JAX's persistent compilation cache, shared with the training tests (they compile the same
-  fake_tiny programs) and with the subprocesses below."""
-  path = str(request.config.cache.mkdir('jax_compilation_cache'))
-  before = {k: getattr(jax.config, k) for k in _CACHE_OPTIONS}
-  for key, value in dict(_CACHE_OPTIONS, jax_compilation_cache_dir=path).items():
-    jax.config.update(key, value)
-  jax_cache.reset_cache()
-  yield path
-  for key, value in before.items():
-    jax.config.update(key, value)
-  jax_cache.reset_cache()
 
 
 def _run(args, cache_dir, timeout=600):
