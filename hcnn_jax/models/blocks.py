@@ -10,14 +10,16 @@ Conventions that keep the ports faithful to the PyTorch references:
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from hcnn_jax.models.pooling import (  # noqa: F401  (re-exported: the blocks' public API)
+    POOL_IMPLS, Pool, max_pool, max_pool_argmax, pool_fn, pool_pair)
+
 Dtype = Any
-Pool = Union[int, Tuple[int, int], None]
 
 # PyTorch's default conv/linear weight init (kaiming-uniform with a=√5) is U(±1/√fan_in).
 torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
@@ -32,12 +34,13 @@ def batch_norm(train: bool, axis_name: Optional[str] = None, dtype: Dtype = jnp.
 
 def conv2d(features: int, kernel: Sequence[int] = (3, 3), strides: Sequence[int] = (1, 1),
            padding: Any = None, use_bias: bool = True, dtype: Dtype = jnp.float32,
-           name: Optional[str] = None) -> nn.Conv:
+           name: Optional[str] = None, conv_fn: Optional[Callable] = None) -> nn.Conv:
+  """conv_fn: replaces lax.conv_general_dilated (e.g. `matmul_grad_conv.conv_matmul_grads`)."""
   if padding is None:  # PyTorch padding=k//2 on every side
     padding = tuple((k // 2, k // 2) for k in kernel)
   return nn.Conv(features, tuple(kernel), strides=tuple(strides), padding=padding,
                  use_bias=use_bias, kernel_init=torch_kernel_init, dtype=dtype,
-                 param_dtype=jnp.float32, name=name)
+                 param_dtype=jnp.float32, name=name, conv_general_dilated=conv_fn)
 
 
 def dense(features: int, dtype: Dtype = jnp.float32, name: Optional[str] = None) -> nn.Dense:
@@ -46,105 +49,74 @@ def dense(features: int, dtype: Dtype = jnp.float32, name: Optional[str] = None)
                   name=name)
 
 
-def pool_pair(p: Pool) -> Optional[Tuple[int, int]]:
-  """A pool given as int, pair or None → (frequency, time) window, or None for no pooling."""
-  if p is None:
-    return None
-  return (p, p) if isinstance(p, int) else tuple(p)
+class BatchNormReLUPool(nn.Module):
+  """BatchNorm → ReLU → max-pool, computed as max-pool → BatchNorm → ReLU: the same values.
 
+  Per channel, BatchNorm is the affine map x ↦ (x − mean)·s + bias with s = scale/√(var + eps),
+  and ReLU is non-decreasing, so both commute with a window's max when s ≥ 0 and turn it into a
+  min when s < 0 (a channel whose scale went negative pools −max(−x)). Rounding keeps each step
+  monotone, so the outputs are the same floats. The statistics still come from the full
+  pre-pool tensor; what shrinks is everything after it: the normalisation and ReLU run on the
+  pooled tensor, the statistics' reduction and the pool read the pre-pool tensor in one pass, and
+  the backward pass's reductions run at the pooled size. Each window's gradient goes to its
+  extreme pre-pool position (the reference's ReLU ties at 0 carry no gradient either way).
 
-_pair = pool_pair
-
-
-def max_pool(x: jnp.ndarray, pool: Pool) -> jnp.ndarray:
-  """Floor-mode max-pool over (frequency, time) with stride = window, no padding.
-
-  Written as crop + reshape + max rather than `nn.max_pool`: the windows never overlap, and the
-  gradient of a reduce-max is an elementwise mask, where reduce_window's is a select-and-scatter
-  that XLA runs 5x slower on CPU (a full-size HCNN backward pass was dominated by it). The forward
-  values are identical; on an exact tie inside a window the gradient is shared between the tied
-  elements instead of going to the first one (both are subgradients).
+  Variables, names and updates are nn.BatchNorm's (momentum 0.9, eps 1e-5, fp32 statistics,
+  one pmean over `axis_name`), so checkpoints and weight imports are unchanged; create it with
+  the name the block's BatchNorm had.
   """
-  p = _pair(pool)
-  if p is None or p == (1, 1):
-    return x
-  (fp, tp), (b, f, t, c) = p, x.shape
-  x = x[:, :f // fp * fp, :t // tp * tp]
-  return x.reshape(b, f // fp, fp, t // tp, tp, c).max(axis=(2, 4))
+  pool: Pool
+  train: bool = False
+  axis_name: Optional[str] = None
+  dtype: Dtype = jnp.float32
+  pool_impl: str = 'argmax'
+  momentum: float = 0.9
+  epsilon: float = 1e-5
 
-
-def _window_views(x: jnp.ndarray, fp: int, tp: int):
-  """The fp·tp strided views (b, f//fp, t//tp, c) of the pooling windows' positions, row-major."""
-  b, f, t, c = x.shape
-  x = x[:, :f // fp * fp, :t // tp * tp]
-  return [x[:, i::fp, j::tp] for i in range(fp) for j in range(tp)]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _max_pool_first(x, window, shape):
-  del shape
-  return _max_pool_first_fwd(x, window, x.shape)[0]
-
-
-def _max_pool_first_fwd(x, window, shape):
-  del shape
-  views = _window_views(x, *window)
-  index_dtype = jnp.int8 if len(views) <= 127 else jnp.int32
-  best, arg = views[0], jnp.zeros(views[0].shape, index_dtype)
-  for k, v in enumerate(views[1:], 1):
-    # Strict: a tie keeps the earlier position, as PyTorch's max_pool2d; a NaN wins and stays
-    # (NaN > x is false), so a diverging activation is not hidden.
-    take = (v > best) | jnp.isnan(v)
-    best, arg = jnp.where(take, v, best), jnp.where(take, jnp.asarray(k, index_dtype), arg)
-  return best, arg
-
-
-def _max_pool_first_bwd(window, shape, arg, g):
-  fp, tp = window
-  b, f, t, c = shape
-  parts = jnp.stack([jnp.where(arg == k, g, jnp.zeros_like(g)) for k in range(fp * tp)])
-  grid = parts.reshape(fp, tp, *g.shape)                       # (fp, tp, b, F, T, c)
-  dx = jnp.transpose(grid, (2, 3, 0, 4, 1, 5)).reshape(b, g.shape[1] * fp, g.shape[2] * tp, c)
-  return (jnp.pad(dx, ((0, 0), (0, f - dx.shape[1]), (0, t - dx.shape[2]), (0, 0))),)
-
-
-_max_pool_first.defvjp(_max_pool_first_fwd, _max_pool_first_bwd)
-
-POOL_IMPLS = ('reshape', 'argmax')
-
-
-def max_pool_argmax(x: jnp.ndarray, pool: Pool) -> jnp.ndarray:
-  """`max_pool` whose backward pass needs only the pooled shape's int8 argmax, not the input.
-
-  The forward pass keeps the window position of each maximum (first on ties, as PyTorch); the
-  backward pass scatters the gradient there. The reshape version's gradient re-reads the full
-  pre-pool activation and counts ties over it; at the HCNN's first layer that activation is the
-  largest tensor of the network (128 × 313 × 128 per clip), so two passes over it are saved.
-  Reverse mode only (a custom VJP): jax.jvp / jacfwd through it raise; use `max_pool` there.
-  """
-  p = _pair(pool)
-  if p is None or p == (1, 1):
-    return x
-  return _max_pool_first(x, tuple(p), tuple(x.shape))
-
-
-def pool_fn(impl: str):
-  if impl not in POOL_IMPLS:
-    raise ValueError(f'pool_impl must be one of {POOL_IMPLS}, got {impl!r}.')
-  return max_pool if impl == 'reshape' else max_pool_argmax
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
+    if self.train:
+      xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+      axes = tuple(range(x.ndim - 1))
+      moments = jnp.stack([xf.mean(axes), (xf * xf).mean(axes)])
+      if self.axis_name is not None and not self.is_initializing():
+        moments = jax.lax.pmean(moments, self.axis_name)
+      mean, var = moments[0], jnp.maximum(0.0, moments[1] - moments[0] * moments[0])
+      if not self.is_initializing():
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    sign = jax.lax.stop_gradient(jnp.where(scale < 0, -1, 1).astype(x.dtype))
+    pooled = sign * pool_fn(self.pool_impl)(sign * x, self.pool)
+    y = (pooled - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    return nn.relu(y.astype(self.dtype))
 
 
 class ConvBlock2d(nn.Module):
-  """conv3×3 → BN → ReLU → max-pool (sota's Conv_2d)."""
+  """conv3×3 → BN → ReLU → max-pool (sota's Conv_2d).
+
+  pool_first: compute it as conv → max-pool → BN → ReLU (`BatchNormReLUPool`, the same outputs
+  with less memory traffic); False keeps the reference's order, op for op.
+  """
   features: int
   pool: Pool = 2
   bn_axis_name: Optional[str] = None
   dtype: Dtype = jnp.float32
   pool_impl: str = 'argmax'
+  pool_first: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = conv2d(self.features, dtype=self.dtype)(x)
+    if self.pool_first and pool_pair(self.pool) not in (None, (1, 1)):
+      return BatchNormReLUPool(self.pool, train, self.bn_axis_name, self.dtype, self.pool_impl,
+                               name='BatchNorm_0')(x)
     x = batch_norm(train, self.bn_axis_name, self.dtype)(x)
     return pool_fn(self.pool_impl)(nn.relu(x), self.pool)
 

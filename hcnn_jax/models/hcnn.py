@@ -49,6 +49,7 @@ class HCNNBackend(nn.Module):
   width: channels of layers 1-4 (layers 5-7 use 2·width); the reference uses 128.
   pools: seven (pitch, time) max-pool windows, overriding the variant's.
   clamp_time_pool: shrink a time pool to the frames left; None = the variant's choice.
+  pool_impl / pool_first: how the blocks pool (`blocks.ConvBlock2d`); the outputs are the same.
   """
   num_classes: int = 50
   width: int = 128
@@ -57,6 +58,7 @@ class HCNNBackend(nn.Module):
   clamp_time_pool: Optional[bool] = None
   dropout_rate: float = 0.5
   pool_impl: str = 'argmax'
+  pool_first: bool = False
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None
 
@@ -125,7 +127,7 @@ class HCNNBackend(nn.Module):
     batch = x.shape[0]
     w = self.width
     conv = functools.partial(blocks.ConvBlock2d, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
-                             pool_impl=self.pool_impl)
+                             pool_impl=self.pool_impl, pool_first=self.pool_first)
     res = functools.partial(blocks.ResBlock2dMP, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
                             pool_impl=self.pool_impl)
     kinds = (conv, res, res, res, conv, res, res)
@@ -152,7 +154,7 @@ def build_hcnn(num_classes: int, *, variant: str = 'tagging', n_harmonic: int = 
                filterbank_precision: str = 'default', stft_method: str = 'rfft',
                width: int = 128, pools: Optional[Sequence[Pool]] = None,
                clamp_time_pool: Optional[bool] = None, dropout_rate: float = 0.5,
-               pool_impl: str = 'argmax', dtype: Dtype = jnp.float32,
+               pool_impl: str = 'argmax', pool_first: bool = False, dtype: Dtype = jnp.float32,
                bn_axis_name: Optional[str] = None) -> Classifier:
   """HarmonicFrontend + HCNNBackend with the reference's defaults."""
   frontend = HarmonicFrontend(
@@ -164,7 +166,8 @@ def build_hcnn(num_classes: int, *, variant: str = 'tagging', n_harmonic: int = 
   frontend._validate()  # pylint: disable=protected-access  (so do bad front-end options)
   backend = HCNNBackend(num_classes=num_classes, width=width, variant=variant, pools=pools,
                         clamp_time_pool=clamp_time_pool, dropout_rate=dropout_rate,
-                        pool_impl=pool_impl, dtype=dtype, bn_axis_name=bn_axis_name)
+                        pool_impl=pool_impl, pool_first=pool_first, dtype=dtype,
+                        bn_axis_name=bn_axis_name)
   backend.layer_pools()
   blocks.pool_fn(pool_impl)  # an unknown pool_impl fails here, at construction
   return Classifier(frontend=frontend, backend=backend)

@@ -1,0 +1,234 @@
+"""BatchNormReLUPool (max-pool → BN → ReLU) against the reference order (BN → ReLU → max-pool).
+
+The two orders give the same outputs because BatchNorm is a per-channel affine map and ReLU is
+non-decreasing; a channel with a negative scale pools the minimum instead. The statistics come
+from the pre-pool tensor in both, so running averages and gradients must agree as well.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from hcnn_jax.models import blocks, get_model
+from hcnn_jax.models.hcnn import build_hcnn
+from hcnn_jax.models.musicnn import ConvV, build_musicnn
+
+
+class Reference(nn.Module):
+  """The reference order, with nn.BatchNorm, for comparison."""
+  pool: blocks.Pool
+  train: bool
+  pool_impl: str = 'argmax'
+  axis_name: str | None = None
+  dtype: object = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = blocks.batch_norm(self.train, self.axis_name, self.dtype, name='BatchNorm_0')(x)
+    return blocks.pool_fn(self.pool_impl)(nn.relu(x), self.pool)
+
+
+class PoolFirst(nn.Module):
+  pool: blocks.Pool
+  train: bool
+  pool_impl: str = 'argmax'
+  axis_name: str | None = None
+  dtype: object = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    return blocks.BatchNormReLUPool(self.pool, self.train, self.axis_name, self.dtype,
+                                    self.pool_impl, name='BatchNorm_0')(x)
+
+
+def random(shape, seed, dtype=jnp.float32):
+  return jnp.asarray(np.random.default_rng(seed).normal(1.0, 2.0, shape), dtype)
+
+
+def variables_for(shape, signed_scale=False):
+  """nn.BatchNorm's variables with random running stats and (optionally) some negative scales."""
+  c = shape[-1]
+  rng = np.random.default_rng(7)
+  scale = rng.uniform(0.5, 1.5, c) * (np.where(rng.uniform(size=c) < 0.5, -1, 1)
+                                     if signed_scale else 1)
+  return {'params': {'BatchNorm_0': {'scale': jnp.asarray(scale, jnp.float32),
+                                     'bias': jnp.asarray(rng.normal(0, 0.5, c), jnp.float32)}},
+          'batch_stats': {'BatchNorm_0': {'mean': jnp.asarray(rng.normal(0, 1, c), jnp.float32),
+                                          'var': jnp.asarray(rng.uniform(1, 4, c),
+                                                             jnp.float32)}}}
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def run(module, variables, x, upstream):
+  """Outputs, updated statistics and gradients (params, x) of Σ upstream · module(x)."""
+  def loss(params, x):
+    out, updates = module.apply({**variables, 'params': params}, x, mutable=['batch_stats'])
+    return jnp.sum(out.astype(jnp.float32) * upstream), (out, updates)
+  (_, (out, updates)), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+      variables['params'], x)
+  return out, updates, grads
+
+
+def assert_close_tree(a, b, rtol):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+    np.testing.assert_allclose(y, x, rtol=0, atol=rtol * max(np.abs(x).max(), 1e-6))
+
+
+CASES = [((2, 8, 12, 3), (2, 2)), ((2, 9, 13, 4), (2, 3)), ((3, 6, 10, 2), (1, 2)),
+         ((2, 7, 8, 5), (3, 1)), ((2, 30, 5, 3), (30, 1))]
+
+
+@pytest.mark.parametrize('signed_scale', [False, True])
+@pytest.mark.parametrize('train', [True, False])
+@pytest.mark.parametrize('pool_impl', blocks.POOL_IMPLS)
+@pytest.mark.parametrize('shape,pool', CASES)
+def test_same_outputs_statistics_and_gradients(shape, pool, pool_impl, train, signed_scale):
+  x = random(shape, 0)
+  variables = variables_for(shape, signed_scale)
+  pooled = (shape[0], shape[1] // pool[0], shape[2] // pool[1], shape[3])
+  upstream = random(pooled, 1)
+  ref = run(Reference(pool, train, pool_impl), variables, x, upstream)
+  got = run(PoolFirst(pool, train, pool_impl), variables, x, upstream)
+  assert got[0].shape == pooled and got[0].dtype == x.dtype
+  np.testing.assert_allclose(np.asarray(got[0]), np.asarray(ref[0]), rtol=1e-6, atol=1e-6)
+  # Outputs must be nonzero somewhere, or the comparison would be vacuous.
+  assert float(jnp.abs(ref[0]).max()) > 0.1
+  assert_close_tree(ref[1], got[1], 1e-6)   # running statistics (unchanged in eval mode)
+  assert_close_tree(ref[2], got[2], 1e-5)   # gradients of scale, bias and x
+
+
+def test_negative_scale_pools_the_minimum():
+  """A channel whose scale is negative takes the window's minimum of the pre-pool input."""
+  x = random((1, 4, 4, 2), 3)
+  variables = variables_for(x.shape)
+  variables['params']['BatchNorm_0']['scale'] = jnp.array([-1.0, 1.0])
+  variables['params']['BatchNorm_0']['bias'] = jnp.array([100.0, 100.0])  # keep ReLU open
+  out = PoolFirst((2, 2), False).apply(variables, x)
+  mean = variables['batch_stats']['BatchNorm_0']['mean']
+  std = jnp.sqrt(variables['batch_stats']['BatchNorm_0']['var'] + 1e-5)
+  want_min = (blocks.max_pool(-x, 2)[..., 0] * -1 - mean[0]) / std[0] * -1 + 100
+  want_max = (blocks.max_pool(x, 2)[..., 1] - mean[1]) / std[1] + 100
+  np.testing.assert_allclose(np.asarray(out[..., 0]), np.asarray(want_min), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(out[..., 1]), np.asarray(want_max), rtol=1e-6)
+
+
+def test_bfloat16_outputs_match_the_reference_order():
+  x = random((2, 8, 12, 4), 4, jnp.bfloat16)
+  variables = variables_for(x.shape, signed_scale=True)
+  for train in (True, False):
+    ref = Reference(2, train, dtype=jnp.bfloat16).apply(variables, x, mutable=['batch_stats'])[0]
+    got = PoolFirst(2, train, dtype=jnp.bfloat16).apply(variables, x, mutable=['batch_stats'])[0]
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(ref, np.float32))
+
+
+def test_statistics_are_synced_over_the_named_axis():
+  """Two shards under a named axis compute what one device does on the whole batch."""
+  x = random((4, 6, 8, 3), 5)
+  variables = variables_for(x.shape)
+  module = PoolFirst(2, True, axis_name='shards')
+
+  def shard_fn(xs):
+    return module.apply(variables, xs, mutable=['batch_stats'])
+
+  out, updates = jax.vmap(shard_fn, axis_name='shards')(x.reshape(2, 2, *x.shape[1:]))
+  whole, whole_updates = PoolFirst(2, True).apply(variables, x, mutable=['batch_stats'])
+  np.testing.assert_allclose(np.asarray(out.reshape(whole.shape)), np.asarray(whole),
+                             rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(whole_updates)):
+    np.testing.assert_allclose(np.asarray(a[0]), np.asarray(b), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(a[1]), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_conv_block_keeps_its_variables_and_outputs():
+  x = random((2, 8, 10, 3), 6)
+  ref, new = blocks.ConvBlock2d(4, 2, pool_first=False), blocks.ConvBlock2d(4, 2, pool_first=True)
+  variables = ref.init(jax.random.PRNGKey(0), x)
+  assert (jax.tree_util.tree_structure(new.init(jax.random.PRNGKey(0), x))
+          == jax.tree_util.tree_structure(variables))
+  for train in (True, False):
+    a = ref.apply(variables, x, train, mutable=['batch_stats'])
+    b = new.apply(variables, x, train, mutable=['batch_stats'])
+    np.testing.assert_allclose(np.asarray(b[0]), np.asarray(a[0]), rtol=1e-5, atol=1e-6)
+    assert_close_tree(a[1], b[1], 1e-6)
+
+
+def model_grads(model, variables, audio):
+  def loss(params):
+    logits, updates = model.apply({**variables, 'params': params}, audio, train=True,
+                                  mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(3)})
+    return jnp.mean(jax.nn.sigmoid(logits)), updates
+  return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])
+
+
+def test_hcnn_trains_and_infers_the_same_with_pool_first():
+  audio = jax.random.uniform(jax.random.PRNGKey(0), (4, 16_000), minval=-1, maxval=1)
+  ref = build_hcnn(5, width=4, variant='keywords', pool_first=False)
+  new = build_hcnn(5, width=4, variant='keywords', pool_first=True)
+  assert new.backend.pool_first and not ref.backend.pool_first
+  variables = ref.init(jax.random.PRNGKey(1), audio[:1], train=False)
+  np.testing.assert_allclose(np.asarray(new.apply(variables, audio, train=False)),
+                             np.asarray(ref.apply(variables, audio, train=False)), rtol=1e-6,
+                             atol=1e-6)
+  (la, ua), ga = model_grads(ref, variables, audio)
+  (lb, ub), gb = model_grads(new, variables, audio)
+  np.testing.assert_allclose(float(lb), float(la), rtol=1e-5)
+  assert_close_tree(ua, ub, 1e-4)
+  # Kernels only: a bias before BatchNorm has a gradient of zero up to rounding.
+  kernels = lambda g: [v for p, v in jax.tree_util.tree_leaves_with_path(g)
+                       if p[-1].key == 'kernel']
+  assert_close_tree(kernels(ga), kernels(gb), 1e-3)
+
+
+def test_timbral_bank_computes_the_same_either_way():
+  """ConvV: (pool_first, conv_grads) in every combination give the reference's values."""
+  x = random((3, 24, 20, 1), 8)
+  upstream = random((3, 20, 6), 9)
+  combos = [(False, 'xla'), (True, 'xla'), (False, 'matmul'), (True, 'matmul')]
+  results = []
+  for pool_first, conv_grads in combos:
+    module = ConvV(6, 17, pool_first=pool_first, conv_grads=conv_grads)
+    variables = module.init(jax.random.PRNGKey(0), x)
+
+    def loss(params, x, module=module, variables=variables):
+      out, updates = module.apply({**variables, 'params': params}, x, train=True,
+                                  mutable=['batch_stats'])
+      return jnp.sum(out * upstream), (out, updates)
+
+    results.append(jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
+        variables['params'], x))
+  # The conv bias feeds BatchNorm, so its gradient is zero up to rounding: compare the rest.
+  without_conv_bias = lambda g: (g[0]['Conv_0']['kernel'], g[0]['BatchNorm_0'], g[1])
+  (_, (out0, upd0)), grads0 = results[0]
+  assert out0.shape == (3, 20, 6)
+  for (_, (out, upd)), grads in results[1:]:
+    np.testing.assert_allclose(np.asarray(out), np.asarray(out0), rtol=1e-5, atol=1e-6)
+    assert_close_tree(upd0, upd, 1e-6)
+    assert_close_tree(without_conv_bias(grads0), without_conv_bias(grads), 1e-4)
+
+
+def test_musicnn_defaults_and_equal_inference():
+  audio = jax.random.uniform(jax.random.PRNGKey(0), (2, 16_000), minval=-1, maxval=1)
+  kw = dict(timbral_channels=4, temporal_channels=3, backend_channels=4, dense=5)
+  fast = get_model('musicnn', 3, **kw)
+  assert fast.backend.pool_first and fast.backend.conv_grads == 'matmul'
+  ref = get_model('musicnn', 3, pool_first=False, conv_grads='xla', **kw)
+  variables = ref.init(jax.random.PRNGKey(1), audio[:1], train=False)
+  np.testing.assert_allclose(np.asarray(fast.apply(variables, audio, train=False)),
+                             np.asarray(ref.apply(variables, audio, train=False)), rtol=1e-6,
+                             atol=1e-6)
+  (la, _), _ = model_grads(ref, variables, audio)
+  (lb, _), gb = model_grads(fast, variables, audio)
+  np.testing.assert_allclose(float(lb), float(la), rtol=1e-5)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(gb))
+
+
+def test_unknown_conv_grads_fails_at_construction():
+  with pytest.raises(ValueError, match='conv_grads must be one of'):
+    build_musicnn(3, conv_grads='cudnn')
