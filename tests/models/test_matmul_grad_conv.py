@@ -1,0 +1,89 @@
+"""conv_matmul_grads: XLA's convolution forward, im2col matmuls backward, the same numbers."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from jax import lax
+
+from hcnn_jax.models.matmul_grad_conv import conv_matmul_grads
+
+NHWC = ('NHWC', 'HWIO', 'NHWC')
+CASES = [  # input (B, H, W, C_in), kernel (kh, kw), padding, C_out
+    ((2, 20, 9, 1), (13, 3), ((0, 0), (1, 1)), 5),
+    ((1, 12, 10, 3), (3, 3), ((1, 1), (1, 1)), 4),
+    ((2, 7, 16, 2), (1, 5), ((0, 0), (2, 2)), 3),
+    ((3, 9, 9, 1), (9, 1), ((0, 0), (0, 0)), 6),
+    ((1, 6, 8, 2), (2, 3), ((2, 0), (0, 3)), 2),
+]
+
+
+def random(shape, seed, dtype=jnp.float32):
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
+def value_and_grads(conv, x, kernel, padding, upstream, **kw):
+  def loss(x, kernel):
+    out = conv(x, kernel, (1, 1), padding, dimension_numbers=NHWC, **kw)
+    return jnp.sum(out.astype(jnp.float32) * upstream), out
+  (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(x, kernel)
+  return out, grads
+
+
+@pytest.mark.parametrize('shape,window,padding,cout', CASES)
+def test_values_and_gradients_match_xla(shape, window, padding, cout):
+  x, kernel = random(shape, 0), random((*window, shape[-1], cout), 1)
+  want = lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=NHWC)
+  upstream = random(want.shape, 2)
+  ref_out, (ref_dx, ref_dk) = value_and_grads(lax.conv_general_dilated, x, kernel, padding,
+                                              upstream)
+  out, (dx, dk) = value_and_grads(conv_matmul_grads, x, kernel, padding, upstream)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(ref_out))  # the same forward op
+  assert dx.shape == x.shape and dk.shape == kernel.shape
+  np.testing.assert_allclose(np.asarray(dx), np.asarray(ref_dx), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(dk), np.asarray(ref_dk), rtol=1e-5, atol=1e-4)
+  assert float(jnp.abs(ref_dk).max()) > 0.1
+
+
+def test_bfloat16_keeps_dtypes_and_stays_close():
+  x, kernel = random((2, 20, 9, 1), 3, jnp.bfloat16), random((13, 3, 1, 5), 4, jnp.bfloat16)
+  padding = ((0, 0), (1, 1))
+  upstream = random((2, 8, 9, 5), 5)
+  ref_out, (ref_dx, ref_dk) = value_and_grads(lax.conv_general_dilated, x, kernel, padding,
+                                              upstream)
+  out, (dx, dk) = value_and_grads(conv_matmul_grads, x, kernel, padding, upstream)
+  assert out.dtype == dx.dtype == dk.dtype == jnp.bfloat16
+  for a, b in ((dx, ref_dx), (dk, ref_dk)):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    np.testing.assert_allclose(a, b, rtol=0, atol=0.02 * np.abs(b).max())
+
+
+@pytest.mark.parametrize('kw', [dict(window_strides=(2, 1)), dict(rhs_dilation=(2, 1)),
+                                dict(padding='SAME')])
+def test_other_convolutions_fall_back_to_xla(kw):
+  x, kernel = random((1, 12, 10, 2), 6), random((3, 3, 2, 4), 7)
+  args = {**dict(window_strides=(1, 1), padding=((1, 1), (1, 1))), **kw}
+  want = lax.conv_general_dilated(x, kernel, dimension_numbers=NHWC, **args)
+  got = conv_matmul_grads(x, kernel, dimension_numbers=NHWC, **args)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  grad = jax.grad(lambda k: jnp.sum(conv_matmul_grads(x, k, dimension_numbers=NHWC, **args)))
+  want_grad = jax.grad(lambda k: jnp.sum(lax.conv_general_dilated(
+      x, k, dimension_numbers=NHWC, **args)))
+  np.testing.assert_allclose(np.asarray(grad(kernel)), np.asarray(want_grad(kernel)), rtol=1e-5)
+
+
+def test_as_a_flax_conv_it_keeps_the_parameters():
+  x = random((2, 16, 8, 1), 8)
+  plain = nn.Conv(3, (5, 3), padding=((0, 0), (1, 1)))
+  fast = nn.Conv(3, (5, 3), padding=((0, 0), (1, 1)), conv_general_dilated=conv_matmul_grads)
+  variables = plain.init(jax.random.PRNGKey(0), x)
+  assert (jax.tree_util.tree_structure(fast.init(jax.random.PRNGKey(0), x))
+          == jax.tree_util.tree_structure(variables))
+  np.testing.assert_array_equal(np.asarray(fast.apply(variables, x)),
+                                np.asarray(plain.apply(variables, x)))
+  g_plain = jax.grad(lambda v: jnp.sum(plain.apply(v, x) ** 2))(variables)
+  g_fast = jax.grad(lambda v: jnp.sum(fast.apply(v, x) ** 2))(variables)
+  for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
