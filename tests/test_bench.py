@@ -67,7 +67,7 @@ def test_breakdown_of_one_tiny_variant(cache_dir):
               'frontend_fwd_ms', 'frontend_fwd_bwd_ms'):
     assert _rate(row[key]), (key, row[key])
   # XLA's FLOP count may be missing on some backends (NaN); where it is there it is positive.
-  for key in ('train_gflop_per_clip', 'infer_gflop_per_clip'):
+  for key in ('train_gflop_per_clip', 'train_mb_accessed_per_clip', 'infer_gflop_per_clip'):
     assert math.isnan(row[key]) or row[key] > 0, (key, row[key])
 
 
