@@ -66,8 +66,10 @@ class ConvV(nn.Module):
     x = blocks.conv2d(self.features, (self.height, self.width), padding=pad, dtype=self.dtype,
                       conv_fn=conv_grads_fn(self.conv_grads))(x)
     if self.pool_first:
+      # 'reshape': the argmax pool unrolls one select per window position (30 and 59 here),
+      # which cost more than it saved (bench/README.md).
       return blocks.BatchNormReLUPool((x.shape[1], 1), train, self.bn_axis_name, self.dtype,
-                                      name='BatchNorm_0')(x)[:, 0]
+                                      pool_impl='reshape', name='BatchNorm_0')(x)[:, 0]
     x = nn.relu(blocks.batch_norm(train, self.bn_axis_name, self.dtype)(x))
     return jnp.max(x, axis=1)  # (B, T, features)
 
