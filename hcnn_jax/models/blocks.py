@@ -50,7 +50,7 @@ def dense(features: int, dtype: Dtype = jnp.float32, name: Optional[str] = None)
 
 
 class BatchNormReLUPool(nn.Module):
-  """BatchNorm → ReLU → max-pool, computed as max-pool → BatchNorm → ReLU: the same values.
+  """BatchNorm → ReLU → max-pool, computed in training as max-pool → BatchNorm → ReLU.
 
   Per channel, BatchNorm is the affine map x ↦ (x − mean)·s + bias with s = scale/√(var + eps),
   and ReLU is non-decreasing, so both commute with a window's max when s ≥ 0 and turn it into a
@@ -91,7 +91,10 @@ class BatchNormReLUPool(nn.Module):
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     else:
-      mean, var = ra_mean.value, ra_var.value
+      # Without batch statistics there is no backward pass to shrink, and the reference order
+      # is one fused pass (on the CPU, Musicnn inferred 11 % slower pooling first).
+      y = (x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+      return pool_fn(self.pool_impl)(nn.relu(y.astype(self.dtype)), self.pool)
     sign = jax.lax.stop_gradient(jnp.where(scale < 0, -1, 1).astype(x.dtype))
     pooled = sign * pool_fn(self.pool_impl)(sign * x, self.pool)
     y = (pooled - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
