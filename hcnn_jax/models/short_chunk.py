@@ -64,11 +64,15 @@ class ResBlock2d(nn.Module):
 
 
 class ShortChunkBackend(nn.Module):
-  """Seven conv blocks (pool 2) or residual blocks (stride 2), global max, dense head → logits."""
+  """Seven conv blocks (pool 2) or residual blocks (stride 2), global max, dense head → logits.
+
+  pool_first: pool before BatchNorm → ReLU in training (plain blocks) (`blocks.ConvBlock2d`); same outputs.
+  """
   num_classes: int = 50
   channels: Sequence[int] = SHORT_CHUNK_CHANNELS
   residual: bool = False
   dropout_rate: float = 0.5
+  pool_first: bool = False
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None
 
@@ -107,7 +111,7 @@ class ShortChunkBackend(nn.Module):
         x = ResBlock2d(features, (2, 2), name=f'layer{i + 1}', **common)(x, train)
       else:
         x = blocks.ConvBlock2d(features, effective_pool(2, x.shape[1]), name=f'layer{i + 1}',
-                               **common)(x, train)
+                               pool_first=self.pool_first, **common)(x, train)
     x = jnp.max(x, axis=(1, 2))
     width = self.layer_channels()[-1]
     logits = DenseHead(width, self.num_classes, self.dropout_rate, name='head', **common)(x, train)
@@ -116,12 +120,12 @@ class ShortChunkBackend(nn.Module):
 
 def build_short_chunk(num_classes: int, *, residual: bool = False, n_mels: int = 128,
                       channels: Sequence[int] = SHORT_CHUNK_CHANNELS, dropout_rate: float = 0.5,
-                      dtype: Dtype = jnp.float32,
+                      pool_first: bool = False, dtype: Dtype = jnp.float32,
                       bn_axis_name: Optional[str] = None) -> Classifier:
   """Mel front-end (128 bins, dB, BatchNorm) + ShortChunkBackend."""
   backend = ShortChunkBackend(num_classes=num_classes, channels=tuple(channels),
-                              residual=residual, dropout_rate=dropout_rate, dtype=dtype,
-                              bn_axis_name=bn_axis_name)
+                              residual=residual, dropout_rate=dropout_rate,
+                              pool_first=pool_first, dtype=dtype, bn_axis_name=bn_axis_name)
   backend.layer_channels()
   frontend = zoo_frontend('mel', dtype, bn_axis_name, n_mels=n_mels)
   return Classifier(frontend=frontend, backend=backend)

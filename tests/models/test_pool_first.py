@@ -167,6 +167,11 @@ def model_grads(model, variables, audio):
   return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])
 
 
+def kernels(grads):
+  """Kernel gradients only: a bias before BatchNorm has a gradient of zero up to rounding."""
+  return [v for p, v in jax.tree_util.tree_leaves_with_path(grads) if p[-1].key == 'kernel']
+
+
 def test_hcnn_trains_and_infers_the_same_with_pool_first():
   audio = jax.random.uniform(jax.random.PRNGKey(0), (4, 16_000), minval=-1, maxval=1)
   ref = build_hcnn(5, width=4, variant='keywords', pool_first=False)
@@ -180,9 +185,6 @@ def test_hcnn_trains_and_infers_the_same_with_pool_first():
   (lb, ub), gb = model_grads(new, variables, audio)
   np.testing.assert_allclose(float(lb), float(la), rtol=1e-5)
   assert_close_tree(ua, ub, 1e-4)
-  # Kernels only: a bias before BatchNorm has a gradient of zero up to rounding.
-  kernels = lambda g: [v for p, v in jax.tree_util.tree_leaves_with_path(g)
-                       if p[-1].key == 'kernel']
   assert_close_tree(kernels(ga), kernels(gb), 1e-3)
 
 
@@ -232,3 +234,25 @@ def test_musicnn_defaults_and_equal_inference():
 def test_unknown_conv_grads_fails_at_construction():
   with pytest.raises(ValueError, match='conv_grads must be one of'):
     build_musicnn(3, conv_grads='cudnn')
+
+
+@pytest.mark.parametrize('name,kw,length', [
+    ('fcn', dict(channels=(4, 4, 4, 4, 4)), None),
+    ('short_chunk', dict(channels=(4,) * 7), None),
+    ('crnn', dict(channels=(4, 4, 4, 4), gru_hidden=3), 96_000),
+])
+def test_zoo_conv_stacks_train_and_infer_the_same_with_pool_first(name, kw, length):
+  from hcnn_jax.models import default_input_length  # pylint: disable=import-outside-toplevel
+  audio = jax.random.uniform(jax.random.PRNGKey(0), (2, length or default_input_length(name)),
+                             minval=-1, maxval=1)
+  ref, new = get_model(name, 3, **kw), get_model(name, 3, pool_first=True, **kw)
+  assert new.backend.pool_first and not ref.backend.pool_first
+  variables = ref.init(jax.random.PRNGKey(1), audio[:1], train=False)
+  np.testing.assert_allclose(np.asarray(new.apply(variables, audio, train=False)),
+                             np.asarray(ref.apply(variables, audio, train=False)), rtol=1e-6,
+                             atol=1e-6)
+  (la, ua), ga = model_grads(ref, variables, audio)
+  (lb, ub), gb = model_grads(new, variables, audio)
+  np.testing.assert_allclose(float(lb), float(la), rtol=1e-5)
+  assert_close_tree(ua, ub, 1e-4)
+  assert_close_tree(kernels(ga), kernels(gb), 1e-3)
