@@ -28,8 +28,9 @@ from bench import common
 
 # Per model, the alternatives still to be measured on an accelerator (the first is the baseline).
 # Settled ones (filterbank precision, STFT method) stay reachable through --variants.
+_POOL_FIRST = {'base': {}, 'pool_first': {'pool_first': True}}
 DEFAULT_VARIANTS = {
-    'hcnn': {'base': {}, 'pool_first': {'pool_first': True}},
+    **{name: _POOL_FIRST for name in ('hcnn', 'fcn', 'short_chunk', 'crnn')},
     'musicnn': {'reference': {'pool_first': False, 'conv_grads': 'xla'},
                 'pool_first': {'pool_first': True, 'conv_grads': 'xla'},
                 'matmul_grads': {'pool_first': False, 'conv_grads': 'matmul'},

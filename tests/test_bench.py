@@ -122,3 +122,21 @@ def test_torch_twin_measures_on_the_cpu():
   assert (row['batch'], row['mode']) == (2, 'fp32')
   assert _rate(row['train_clips_per_s']) and _rate(row['infer_clips_per_s'])
   assert row['device'] == (torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')
+
+
+def test_every_default_variant_builds_and_the_pending_script_names_them():
+  """The pending GPU script must not die on a renamed option after the device has started."""
+  import re  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+
+  from bench import breakdown  # pylint: disable=import-outside-toplevel
+  from hcnn_jax.models import get_model  # pylint: disable=import-outside-toplevel
+  for model, variants in breakdown.DEFAULT_VARIANTS.items():
+    for name, kwargs in variants.items():
+      built = get_model(model, 3, **kwargs)
+      for key, value in kwargs.items():
+        assert getattr(built.backend, key) == value, (model, name, key)
+  script = os.path.join(os.path.dirname(breakdown.__file__), 'gpu_pending.sh')
+  subprocess.run(['bash', '-n', script], check=True)
+  models = set(re.findall(r'--model (\w+)', open(script).read()))
+  assert models and models <= set(breakdown.DEFAULT_VARIANTS), models
