@@ -76,3 +76,13 @@ def conv_matmul_grads(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
                                     rhs_dilation, dimension_numbers, feature_group_count,
                                     precision=precision, **kwargs)
   return _conv(lhs, rhs, pads, precision)
+
+
+CONV_GRADS = ('xla', 'matmul')
+
+
+def conv_grads_fn(impl: str):
+  """The `nn.Conv(conv_general_dilated=...)` for a model option conv_grads ∈ CONV_GRADS."""
+  if impl not in CONV_GRADS:
+    raise ValueError(f'conv_grads must be one of {CONV_GRADS}, got {impl!r}.')
+  return conv_matmul_grads if impl == 'matmul' else None

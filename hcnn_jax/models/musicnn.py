@@ -27,7 +27,7 @@ from hcnn_jax.models import blocks, registry
 from hcnn_jax.models.blocks1d import DenseHead, conv1d
 from hcnn_jax.models.compose import Classifier
 from hcnn_jax.models.fcn import zoo_frontend
-from hcnn_jax.models.matmul_grad_conv import conv_matmul_grads
+from hcnn_jax.models.matmul_grad_conv import conv_grads_fn
 
 Dtype = Any
 
@@ -35,13 +35,6 @@ Dtype = Any
 VARIANTS = {'mtat': (64, 200), 'msd': (512, 500)}
 TIMBRAL_HEIGHTS = (0.7, 0.4)
 TEMPORAL_KERNELS = (129, 65, 33)
-CONV_GRADS = ('xla', 'matmul')
-
-
-def conv_grads_fn(impl: str):
-  if impl not in CONV_GRADS:
-    raise ValueError(f'Musicnn conv_grads must be one of {CONV_GRADS}, got {impl!r}.')
-  return conv_matmul_grads if impl == 'matmul' else None
 
 
 class ConvV(nn.Module):
