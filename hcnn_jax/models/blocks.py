@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from hcnn_jax.models.matmul_grad_conv import conv_grads_fn
 from hcnn_jax.models.pooling import (  # noqa: F401  (re-exported: the blocks' public API)
     POOL_IMPLS, Pool, max_pool, max_pool_argmax, pool_fn, pool_pair)
 
@@ -107,7 +106,6 @@ class ConvBlock2d(nn.Module):
 
   pool_first: compute it as conv → max-pool → BN → ReLU (`BatchNormReLUPool`, the same outputs
   with less memory traffic); False keeps the reference's order, op for op.
-  conv_grads: 'matmul' computes the conv's gradients as im2col GEMMs (`matmul_grad_conv`).
   """
   features: int
   pool: Pool = 2
@@ -115,11 +113,10 @@ class ConvBlock2d(nn.Module):
   dtype: Dtype = jnp.float32
   pool_impl: str = 'argmax'
   pool_first: bool = False
-  conv_grads: str = 'xla'
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = conv2d(self.features, dtype=self.dtype, conv_fn=conv_grads_fn(self.conv_grads))(x)
+    x = conv2d(self.features, dtype=self.dtype)(x)
     if self.pool_first and pool_pair(self.pool) not in (None, (1, 1)):
       return BatchNormReLUPool(self.pool, train, self.bn_axis_name, self.dtype, self.pool_impl,
                                name='BatchNorm_0')(x)

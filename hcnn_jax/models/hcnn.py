@@ -29,7 +29,6 @@ from flax import linen as nn
 from hcnn_jax.frontends.harmonic import HarmonicFrontend
 from hcnn_jax.models import blocks, registry
 from hcnn_jax.models.compose import Classifier
-from hcnn_jax.models.matmul_grad_conv import conv_grads_fn
 
 Dtype = Any
 Pool = blocks.Pool
@@ -51,8 +50,6 @@ class HCNNBackend(nn.Module):
   pools: seven (pitch, time) max-pool windows, overriding the variant's.
   clamp_time_pool: shrink a time pool to the frames left; None = the variant's choice.
   pool_impl / pool_first: how the blocks pool (`blocks.ConvBlock2d`); the outputs are the same.
-  first_conv_grads: 'matmul' computes layer 1's gradients (over the few harmonic channels) as
-  im2col GEMMs (`matmul_grad_conv`); the same values.
   """
   num_classes: int = 50
   width: int = 128
@@ -62,7 +59,6 @@ class HCNNBackend(nn.Module):
   dropout_rate: float = 0.5
   pool_impl: str = 'argmax'
   pool_first: bool = False
-  first_conv_grads: str = 'xla'
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None
 
@@ -138,8 +134,7 @@ class HCNNBackend(nn.Module):
     widths = (w, w, w, w, 2 * w, 2 * w, 2 * w)
     for i, (kind, features, pool) in enumerate(zip(kinds, widths, self.layer_pools())):
       pool = self._effective_pool(pool, x.shape[1], x.shape[2])
-      extra = {'conv_grads': self.first_conv_grads} if i == 0 else {}
-      x = kind(features, pool, name=f'layer{i + 1}', **extra)(x, train)
+      x = kind(features, pool, name=f'layer{i + 1}')(x, train)
     chex.assert_shape(x, (batch, None, None, 2 * w))
     # The reference squeezes a pitch axis of 1 and max-pools time when T > 1; a max over both
     # is the same there and still defined when a swapped front-end leaves more than one bin.
@@ -159,8 +154,7 @@ def build_hcnn(num_classes: int, *, variant: str = 'tagging', n_harmonic: int = 
                filterbank_precision: str = 'default', stft_method: str = 'rfft',
                width: int = 128, pools: Optional[Sequence[Pool]] = None,
                clamp_time_pool: Optional[bool] = None, dropout_rate: float = 0.5,
-               pool_impl: str = 'argmax', pool_first: bool = False,
-               first_conv_grads: str = 'xla', dtype: Dtype = jnp.float32,
+               pool_impl: str = 'argmax', pool_first: bool = False, dtype: Dtype = jnp.float32,
                bn_axis_name: Optional[str] = None) -> Classifier:
   """HarmonicFrontend + HCNNBackend with the reference's defaults."""
   frontend = HarmonicFrontend(
@@ -172,11 +166,10 @@ def build_hcnn(num_classes: int, *, variant: str = 'tagging', n_harmonic: int = 
   frontend._validate()  # pylint: disable=protected-access  (so do bad front-end options)
   backend = HCNNBackend(num_classes=num_classes, width=width, variant=variant, pools=pools,
                         clamp_time_pool=clamp_time_pool, dropout_rate=dropout_rate,
-                        pool_impl=pool_impl, pool_first=pool_first,
-                        first_conv_grads=first_conv_grads, dtype=dtype, bn_axis_name=bn_axis_name)
+                        pool_impl=pool_impl, pool_first=pool_first, dtype=dtype,
+                        bn_axis_name=bn_axis_name)
   backend.layer_pools()
   blocks.pool_fn(pool_impl)  # an unknown pool_impl fails here, at construction
-  conv_grads_fn(first_conv_grads)  # and so does an unknown first_conv_grads
   return Classifier(frontend=frontend, backend=backend)
 
 

@@ -15,7 +15,6 @@ import pytest
 from flax import linen as nn
 
 from hcnn_jax.models import blocks, get_model
-from hcnn_jax.models.hcnn import build_hcnn
 from hcnn_jax.models.musicnn import ConvV, build_musicnn
 
 
@@ -223,8 +222,6 @@ def test_musicnn_defaults_and_equal_inference():
 def test_unknown_conv_grads_fails_at_construction():
   with pytest.raises(ValueError, match='conv_grads must be one of'):
     build_musicnn(3, conv_grads='cudnn')
-  with pytest.raises(ValueError, match='conv_grads must be one of'):
-    build_hcnn(3, width=4, first_conv_grads='cudnn')
 
 
 @pytest.mark.parametrize('name,kw,length', [
