@@ -212,7 +212,9 @@ def test_timbral_bank_computes_the_same_either_way():
 
 def test_musicnn_defaults_and_equal_inference():
   audio = jax.random.uniform(jax.random.PRNGKey(0), (2, 16_000), minval=-1, maxval=1)
-  kw = dict(timbral_channels=4, temporal_channels=3, backend_channels=4, dense=5)
+  # Short kernels keep the compile quick; the defaults under test do not depend on them.
+  kw = dict(timbral_channels=4, temporal_channels=3, backend_channels=4, dense=5,
+            heights=(9, 5))
   fast = get_model('musicnn', 3, **kw)
   assert fast.backend.pool_first and fast.backend.conv_grads == 'matmul'
   assert_same_model(get_model('musicnn', 3, pool_first=False, conv_grads='xla', **kw), fast,
