@@ -30,7 +30,8 @@ from bench import common
 # Settled ones (filterbank precision, STFT method) stay reachable through --variants.
 _POOL_FIRST = {'base': {}, 'pool_first': {'pool_first': True}}
 DEFAULT_VARIANTS = {
-    **{name: _POOL_FIRST for name in ('hcnn', 'fcn', 'short_chunk', 'crnn')},
+    'hcnn': {**_POOL_FIRST, 'fold_bn': {'fold_bn': True}},
+    **{name: _POOL_FIRST for name in ('fcn', 'short_chunk', 'crnn')},
     'musicnn': {'reference': {'pool_first': False, 'conv_grads': 'xla'},
                 'pool_first': {'pool_first': True, 'conv_grads': 'xla'},
                 'matmul_grads': {'pool_first': False, 'conv_grads': 'matmul'},

@@ -20,7 +20,8 @@ steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(hcnn musicnn zoo)
 for step in "${steps[@]}"; do
   case $step in
-    hcnn)  # BatchNorm after the pool in training, layers 1 and 5: same outputs, less traffic.
+    hcnn)  # BatchNorm after the pool in training (layers 1 and 5), and BatchNorm folded into
+           # the convs in inference: the same outputs, less memory traffic.
       run breakdown_hcnn bench.breakdown --model hcnn --batch 256 --dtype bfloat16 --steps 20 \
           --json "$OUT/breakdown_hcnn.json" ;;
     musicnn)  # pool-first timbral banks and matmul gradients for their tall kernels, one by one.

@@ -101,11 +101,34 @@ class BatchNormReLUPool(nn.Module):
     return nn.relu(y.astype(self.dtype))
 
 
+def folded_conv_bn(module: nn.Module, x: jnp.ndarray, index: int, dtype: Dtype) -> jnp.ndarray:
+  """Inference: `module`'s Conv_{index} → BatchNorm_{index} (running statistics) as one conv.
+
+  BatchNorm with fixed statistics is a per-channel affine map, so it folds into the conv:
+  kernel·s and (bias − mean)·s + β with s = scale/√(var + eps). What is left is conv + bias,
+  the pattern XLA hands to cuDNN as one fused call with the ReLU (and a residual) after it,
+  instead of a conv that writes its output and a fusion that reads it back. Reads the same
+  variables the unfolded block has; the values differ by rounding (in bf16, the scaled kernel is
+  rounded to bf16).
+  """
+  params, stats = module.variables['params'], module.variables['batch_stats']
+  conv, bn, running = params[f'Conv_{index}'], params[f'BatchNorm_{index}'], stats[
+      f'BatchNorm_{index}']
+  s = bn['scale'] * jax.lax.rsqrt(running['var'] + 1e-5)
+  kernel = (conv['kernel'] * s).astype(dtype)
+  bias = ((conv['bias'] - running['mean']) * s + bn['bias']).astype(dtype)
+  pad = tuple((k // 2, k // 2) for k in kernel.shape[:2])
+  y = jax.lax.conv_general_dilated(x.astype(dtype), kernel, (1, 1), pad,
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return y + bias
+
+
 class ConvBlock2d(nn.Module):
   """conv3×3 → BN → ReLU → max-pool (sota's Conv_2d).
 
   pool_first: compute it as conv → max-pool → BN → ReLU (`BatchNormReLUPool`, the same outputs
   with less memory traffic); False keeps the reference's order, op for op.
+  fold_bn: in inference, fold BatchNorm into the conv (`folded_conv_bn`).
   """
   features: int
   pool: Pool = 2
@@ -113,9 +136,12 @@ class ConvBlock2d(nn.Module):
   dtype: Dtype = jnp.float32
   pool_impl: str = 'argmax'
   pool_first: bool = False
+  fold_bn: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    if self.fold_bn and not train and not self.is_initializing():
+      return pool_fn(self.pool_impl)(nn.relu(folded_conv_bn(self, x, 0, self.dtype)), self.pool)
     x = conv2d(self.features, dtype=self.dtype)(x)
     if self.pool_first and pool_pair(self.pool) not in (None, (1, 1)):
       return BatchNormReLUPool(self.pool, train, self.bn_axis_name, self.dtype, self.pool_impl,
@@ -125,15 +151,23 @@ class ConvBlock2d(nn.Module):
 
 
 class ResBlock2dMP(nn.Module):
-  """conv3×3 → BN → ReLU → conv3×3 → BN, + identity, ReLU → max-pool (sota's Res_2d_mp)."""
+  """conv3×3 → BN → ReLU → conv3×3 → BN, + identity, ReLU → max-pool (sota's Res_2d_mp).
+
+  fold_bn: in inference, fold each BatchNorm into its conv (`folded_conv_bn`).
+  """
   features: int
   pool: Pool = 2
   bn_axis_name: Optional[str] = None
   dtype: Dtype = jnp.float32
   pool_impl: str = 'argmax'
+  fold_bn: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    if self.fold_bn and not train and not self.is_initializing():
+      y = nn.relu(folded_conv_bn(self, x, 0, self.dtype))
+      y = folded_conv_bn(self, y, 1, self.dtype)
+      return pool_fn(self.pool_impl)(nn.relu(y + x.astype(self.dtype)), self.pool)
     bn = functools.partial(batch_norm, train, self.bn_axis_name, self.dtype)
     y = nn.relu(bn()(conv2d(self.features, dtype=self.dtype)(x)))
     y = bn()(conv2d(self.features, dtype=self.dtype)(y))

@@ -50,6 +50,7 @@ class HCNNBackend(nn.Module):
   pools: seven (pitch, time) max-pool windows, overriding the variant's.
   clamp_time_pool: shrink a time pool to the frames left; None = the variant's choice.
   pool_impl / pool_first: how the blocks pool (`blocks.ConvBlock2d`); the outputs are the same.
+  fold_bn: in inference, fold the blocks' BatchNorms into their convs (`blocks.folded_conv_bn`).
   """
   num_classes: int = 50
   width: int = 128
@@ -59,6 +60,7 @@ class HCNNBackend(nn.Module):
   dropout_rate: float = 0.5
   pool_impl: str = 'argmax'
   pool_first: bool = False
+  fold_bn: bool = False
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None
 
@@ -127,9 +129,10 @@ class HCNNBackend(nn.Module):
     batch = x.shape[0]
     w = self.width
     conv = functools.partial(blocks.ConvBlock2d, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
-                             pool_impl=self.pool_impl, pool_first=self.pool_first)
+                             pool_impl=self.pool_impl, pool_first=self.pool_first,
+                             fold_bn=self.fold_bn)
     res = functools.partial(blocks.ResBlock2dMP, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
-                            pool_impl=self.pool_impl)
+                            pool_impl=self.pool_impl, fold_bn=self.fold_bn)
     kinds = (conv, res, res, res, conv, res, res)
     widths = (w, w, w, w, 2 * w, 2 * w, 2 * w)
     for i, (kind, features, pool) in enumerate(zip(kinds, widths, self.layer_pools())):
@@ -154,8 +157,8 @@ def build_hcnn(num_classes: int, *, variant: str = 'tagging', n_harmonic: int = 
                filterbank_precision: str = 'default', stft_method: str = 'rfft',
                width: int = 128, pools: Optional[Sequence[Pool]] = None,
                clamp_time_pool: Optional[bool] = None, dropout_rate: float = 0.5,
-               pool_impl: str = 'argmax', pool_first: bool = False, dtype: Dtype = jnp.float32,
-               bn_axis_name: Optional[str] = None) -> Classifier:
+               pool_impl: str = 'argmax', pool_first: bool = False, fold_bn: bool = False,
+               dtype: Dtype = jnp.float32, bn_axis_name: Optional[str] = None) -> Classifier:
   """HarmonicFrontend + HCNNBackend with the reference's defaults."""
   frontend = HarmonicFrontend(
       sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_harmonic=n_harmonic,
@@ -166,8 +169,8 @@ def build_hcnn(num_classes: int, *, variant: str = 'tagging', n_harmonic: int = 
   frontend._validate()  # pylint: disable=protected-access  (so do bad front-end options)
   backend = HCNNBackend(num_classes=num_classes, width=width, variant=variant, pools=pools,
                         clamp_time_pool=clamp_time_pool, dropout_rate=dropout_rate,
-                        pool_impl=pool_impl, pool_first=pool_first, dtype=dtype,
-                        bn_axis_name=bn_axis_name)
+                        pool_impl=pool_impl, pool_first=pool_first, fold_bn=fold_bn,
+                        dtype=dtype, bn_axis_name=bn_axis_name)
   backend.layer_pools()
   blocks.pool_fn(pool_impl)  # an unknown pool_impl fails here, at construction
   return Classifier(frontend=frontend, backend=backend)
