@@ -121,8 +121,11 @@ def test_bfloat16_outputs_match_the_reference_order():
   variables = variables_for(x.shape, signed_scale=True)
   for train in (True, False):
     ref = Reference(2, train, dtype=jnp.bfloat16).apply(variables, x, mutable=['batch_stats'])[0]
-    got = PoolFirst(2, train, dtype=jnp.bfloat16).apply(variables, x, mutable=['batch_stats'])[0]
+    got, updates = PoolFirst(2, train, dtype=jnp.bfloat16).apply(variables, x,
+                                                                 mutable=['batch_stats'])
+    # Mixed precision: bf16 activations, float32 statistics (as nn.BatchNorm keeps them).
     assert got.dtype == jnp.bfloat16
+    assert {v.dtype for v in jax.tree.leaves(updates)} == {jnp.dtype(jnp.float32)}
     np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(ref, np.float32))
 
 
