@@ -24,9 +24,11 @@ for step in "${steps[@]}"; do
            # the convs in inference: the same outputs, less memory traffic.
       run breakdown_hcnn bench.breakdown --model hcnn --batch 256 --dtype bfloat16 --steps 20 \
           --json "$OUT/breakdown_hcnn.json" ;;
-    musicnn)  # pool-first timbral banks and matmul gradients for their tall kernels, one by one.
+    musicnn)  # pool-first timbral banks and matmul gradients for their tall kernels, one by one;
+              # the kernel profile of the reference order shows whether cuDNN shares the CPU's
+              # slow single-output-channel input gradient.
       run breakdown_musicnn bench.breakdown --model musicnn --batch 128 --dtype bfloat16 \
-          --steps 20 --json "$OUT/breakdown_musicnn.json" ;;
+          --steps 20 --trace "$OUT/trace_musicnn" --json "$OUT/breakdown_musicnn.json" ;;
     zoo)  # pool_first on the plain conv stacks, and crnn, never timed on a GPU.
       run breakdown_fcn bench.breakdown --model fcn --batch 64 --dtype bfloat16 --steps 10 \
           --json "$OUT/breakdown_fcn.json"
