@@ -18,7 +18,6 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from hcnn_jax.configs import fake_tiny
 from hcnn_jax.data import in_memory, pipeline, sources
@@ -175,26 +174,6 @@ def test_config_check_wants_data_in_memory_true_or_false(value):
 
 # ------------------------------------------------------------------------------------- loop
 
-_CACHE_OPTIONS = {'jax_compilation_cache_dir': None,
-                  'jax_persistent_cache_min_compile_time_secs': 0,
-                  'jax_persistent_cache_min_entry_size_bytes': 0}
-
-
-@pytest.fixture(scope='module')
-def compilation_cache(request):
-  """The persistent compilation cache of test_loop.py: the same fake_tiny steps compile once."""
-  before = {k: getattr(jax.config, k) for k in _CACHE_OPTIONS}
-  options = dict(_CACHE_OPTIONS, jax_compilation_cache_dir=str(
-      request.config.cache.mkdir('jax_compilation_cache')))
-  for key, value in options.items():
-    jax.config.update(key, value)
-  jax_cache.reset_cache()
-  yield
-  for key, value in before.items():
-    jax.config.update(key, value)
-  jax_cache.reset_cache()
-
-
 def tiny_config(**overrides):
   c = fake_tiny.get_config()
   c.dataset.config_name = 'tracks=16,classes=5,samples=24000,min_samples=12000'
@@ -206,7 +185,7 @@ def tiny_config(**overrides):
 
 
 def test_loop_with_data_in_memory_trains_exactly_as_without(tmp_path, monkeypatch,
-                                                            compilation_cache):
+                                                            cache_dir):
   made, dtypes = [], []
 
   class Recorded(in_memory.DecodedSource):

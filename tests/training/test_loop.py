@@ -12,7 +12,6 @@ import os
 import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from hcnn_jax.configs import fake_tiny
 from hcnn_jax.data import pipeline
@@ -20,23 +19,8 @@ from hcnn_jax.training import checkpoint as ckpt_lib
 from hcnn_jax.training import config_check, loop, optim, parallel, writers
 from hcnn_jax.training import state as state_lib
 
-_CACHE_OPTIONS = {'jax_compilation_cache_dir': None,
-                  'jax_persistent_cache_min_compile_time_secs': 0,
-                  'jax_persistent_cache_min_entry_size_bytes': 0}
-
-
-@pytest.fixture(scope='module', autouse=True)
-def compilation_cache(request):
-  before = {k: getattr(jax.config, k) for k in _CACHE_OPTIONS}
-  options = dict(_CACHE_OPTIONS, jax_compilation_cache_dir=str(
-      request.config.cache.mkdir('jax_compilation_cache')))
-  for key, value in options.items():
-    jax.config.update(key, value)
-  jax_cache.reset_cache()  # a cache state latched by an earlier compile is re-read
-  yield
-  for key, value in before.items():
-    jax.config.update(key, value)
-  jax_cache.reset_cache()
+# Every test here shares JAX's persistent compilation cache (conftest's cache_dir).
+pytestmark = pytest.mark.usefixtures('cache_dir')
 
 
 def tiny_config(tracks: int = 24, **overrides):
