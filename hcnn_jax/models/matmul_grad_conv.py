@@ -11,6 +11,7 @@ backward pass gathers the input's windows once (im2col) and computes
 both GEMMs with the kernel's window (H·W·C_in) as one side. The values are those of XLA's
 gradients up to summation order. Pass `conv_general_dilated=conv_matmul_grads` to `nn.Conv`;
 cases other than a stride-1, undilated, ungrouped NHWC convolution go to XLA unchanged.
+Reverse mode only (a custom VJP): for jax.jvp / jacfwd through a model, use conv_grads='xla'.
 """
 from __future__ import annotations
 
