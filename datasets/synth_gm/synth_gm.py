@@ -19,14 +19,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import multiprocessing
-import os
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Optional
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from datasets.synth_gm import clips, compose
+from hcnn_jax.data.ordered_pool import OrderedPool, default_workers
 
 _DESCRIPTION = """\
 Music-tagging clips rendered from randomly composed but musical General MIDI scores (melodies,
@@ -90,7 +89,7 @@ class SynthGm(tfds.core.ShardBasedBuilder):
     if num_workers is not None and num_workers < 1:
       raise ValueError(f'synth_gm: num_workers must be >= 1, got {num_workers}.')
     self._num_workers = num_workers
-    self._pool = None
+    self._pool: Optional[OrderedPool] = None
     self._counts: Dict[str, collections.Counter] = {}
     self._attenuated: collections.Counter = collections.Counter()
     super().__init__(**kwargs)
@@ -134,33 +133,21 @@ class SynthGm(tfds.core.ShardBasedBuilder):
             for split, n in cfg.split_sizes().items()}
 
   def _download_and_prepare(self, dl_manager, download_config=None):
-    try:
+    total = sum(self.builder_config.split_sizes().values())
+    workers = self._num_workers or default_workers()
+    with OrderedPool(1 if total < _MIN_CLIPS_FOR_WORKERS else workers) as self._pool:
       super()._download_and_prepare(dl_manager, download_config)
-    finally:
-      if self._pool is not None:
-        self._pool.terminate()
-        self._pool = None
+    self._pool = None
     # Written into the prepared folder's metadata.json right after this returns.
     meta = self.info.metadata
     for split, counts in self._counts.items():
       meta['tag_counts'][split] = {t: int(counts[t]) for t in compose.TAGS}
       meta['attenuated_clips'][split] = int(self._attenuated[split])
 
-  def _render(self, jobs: List[Tuple[int, str, int, float]]) -> Iterator[clips.RenderedClip]:
-    workers = self._num_workers or min(os.cpu_count() or 1, 8)
-    total = sum(self.builder_config.split_sizes().values())
-    if workers <= 1 or total < _MIN_CLIPS_FOR_WORKERS:
-      return map(clips.render_job, jobs)
-    if self._pool is None:
-      # `spawn`, not fork: the caller may hold JAX/XLA threads that a fork would copy mid-state.
-      self._pool = multiprocessing.get_context('spawn').Pool(workers)
-    # imap keeps index order and hands results over as they come, so memory stays bounded.
-    return self._pool.imap(clips.render_job, jobs, chunksize=4)
-
   def _shard(self, split: str, lo: int, hi: int):
     cfg = self.builder_config
     jobs = [(cfg.seed, split, i, cfg.clip_seconds) for i in range(lo, hi)]
-    for clip_id, audio, labels, attenuated in self._render(jobs):
+    for clip_id, audio, labels, attenuated in self._pool.map(clips.render_job, jobs):
       self._counts[split].update(t for t, on in zip(compose.TAGS, labels) if on)
       self._attenuated[split] += attenuated
       yield clip_id, {'audio': audio, 'labels': labels, 'id': clip_id}

@@ -16,6 +16,7 @@ array_record TFDS dataset (`fake_tracks`), for the full read path.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from typing import Any, Iterable
@@ -23,12 +24,18 @@ from typing import Any, Iterable
 import numpy as np
 import tensorflow_datasets as tfds
 
+from hcnn_jax.data import ordered_pool
+
 SAMPLE_RATE = 16000
 FAKE_NAME = 'fake'
 FAKE_TRACKS_NAME = 'fake_tracks'
 _VERSION_RE = re.compile(r'^\d+\.\d+\.\d+$')
 # Distinct split seeds so that train / validation / test of one fake config hold different tracks.
 _SPLIT_SEEDS = {'train': 0, 'validation': 1, 'test': 2}
+# Fewer tracks than this are synthesised in-process: starting worker processes would cost more.
+_MIN_TRACKS_FOR_WORKERS = 64
+# Target shard size: TFDS's shard writer holds one shard's examples in memory while it writes.
+_FAKE_SHARD_BYTES = 256 << 20
 
 
 def _plain(value: Any) -> Any:
@@ -192,21 +199,29 @@ def fake_source(split: str, config_name: str | None = None) -> FakeSource:
   return FakeSource(**kwargs)
 
 
-class FakeTracks(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class FakeTracks(tfds.core.ShardBasedBuilder, skip_registration=True):
   """TFDS builder writing FakeSource splits as array_record, with the features of every builder.
 
   Not registered: it is instantiated by `write_fake_dataset` only, and the written dataset is read
-  back from its files like any other prepared dataset.
+  back from its files like any other prepared dataset. Shard by shard (about 256 MB each) and in
+  index order, like `synth_gm`: a GeneratorBasedBuilder would pass every record through TFDS's
+  shuffler, which spills a split of more than 1 GB (1,100 tracks of 29 s) through `tf.io.gfile`
+  and so needs TensorFlow. Tracks are synthesised in `workers` processes when there are many.
   """
 
-  VERSION = tfds.core.Version('1.1.0')
+  VERSION = tfds.core.Version('1.2.0')
   RELEASE_NOTES = {'1.0.0': 'Synthetic tone tracks for tests and benchmarks.',
-                   '1.1.0': 'Audio stored as raw int16 bytes, like the real builders.'}
+                   '1.1.0': 'Audio stored as raw int16 bytes, like the real builders.',
+                   '1.2.0': 'Written shard by shard in index order: any size without TensorFlow.'}
 
   def __init__(self, *, fake_config: str | None = None,
-               splits: Iterable[str] = ('train',), **kwargs):
+               splits: Iterable[str] = ('train',), workers: int | None = None, **kwargs):
+    if workers is not None and workers < 1:
+      raise ValueError(f'write_fake_dataset: workers must be >= 1, got {workers}.')
     self._fake_config = fake_config
     self._fake_splits = tuple(splits)
+    self._workers = workers
+    self._pool = None
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -227,27 +242,39 @@ class FakeTracks(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             task=meta['task'], skipped_files=0, skipped=[], fake_config=self._fake_config or ''),
     )
 
-  def _split_generators(self, dl_manager):
+  def _shard_iterators_per_split(self, dl_manager):
     del dl_manager  # nothing to download
-    return {split: self._generate_examples(split) for split in self._fake_splits}
+    iterators = {}
+    for split in self._fake_splits:
+      source = fake_source(split, self._fake_config)
+      per_shard = max(1, _FAKE_SHARD_BYTES // (2 * source.num_samples))
+      iterators[split] = [functools.partial(self._shard, source, lo, min(lo + per_shard, len(source)))
+                          for lo in range(0, len(source), per_shard)]
+    return iterators
 
-  def _generate_examples(self, split):
-    source = fake_source(split, self._fake_config)
-    for i in range(len(source)):
-      record = source[i]
+  def _download_and_prepare(self, dl_manager, download_config=None):
+    total = sum(fake_source(s, self._fake_config).num_tracks for s in self._fake_splits)
+    workers = 1 if total < _MIN_TRACKS_FOR_WORKERS else self._workers
+    with ordered_pool.OrderedPool(workers) as self._pool:
+      super()._download_and_prepare(dl_manager, download_config)
+    self._pool = None
+
+  def _shard(self, source: FakeSource, lo: int, hi: int):
+    for i, record in zip(range(lo, hi), self._pool.map(source.__getitem__, range(lo, hi))):
       yield i, {'audio': record['audio'], 'labels': record['labels'],
                 'id': record['id'].decode()}
 
 
 def write_fake_dataset(data_dir: str | os.PathLike, config_name: str | None = None,
-                       splits: Iterable[str] = ('train',)) -> str:
+                       splits: Iterable[str] = ('train',), workers: int | None = None) -> str:
   """Prepares FakeSource splits as the array_record TFDS dataset `fake_tracks` in data_dir.
 
   Returns the prepared directory. `load('fake_tracks', split, data_dir)` reads it back; its
-  records are those of `load('fake', split, config_name=config_name)` (in TFDS's shuffled order).
+  records are those of `load('fake', split, config_name=config_name)`, in the same order.
+  `workers`: synthesising processes (default: the CPU count, at most 8; 1 works in-process).
   """
-  builder = FakeTracks(fake_config=config_name, splits=splits, data_dir=os.fspath(data_dir),
-                       file_format='array_record')
+  builder = FakeTracks(fake_config=config_name, splits=splits, workers=workers,
+                       data_dir=os.fspath(data_dir), file_format='array_record')
   builder.download_and_prepare()
   return os.fspath(builder.data_dir)
 
