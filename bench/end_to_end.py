@@ -2,11 +2,15 @@
 
   python -m bench.end_to_end [--model hcnn] [--batch 256] [--dtype bfloat16]
       [--feeds disk:15:float32,disk:15:int16,memory:15:int16] [--tracks 1000] [--steps 100]
-      [--data_dir DIR] [--json OUT.json]
+      [--data_dir DIR] [--dataset NAME[/CONFIG]] [--json OUT.json]
 
 1. Writes (or reuses, in --data_dir) an array_record TFDS dataset of --tracks fake 29.1-s tracks
-   at 16 kHz with 50 labels (`sources.write_fake_dataset`: raw int16 audio, as the real builders
-   store it; MTAT's clip length), and reads it back through `sources.load` as training does.
+   at 16 kHz with 50 labels (`sources.write_fake_dataset`, in one process per core: raw int16
+   audio, as the real builders store it; MTAT's clip length), and reads it back through
+   `sources.load` as training does. With --dataset, reads that prepared dataset's train split
+   from --data_dir instead, e.g. the MTAT-sized rendered set:
+     python -m datasets.build synth_gm --config large --data_dir DIR --num_workers 16
+     python -m bench.end_to_end --dataset synth_gm/large --data_dir DIR
 2. Builds the model's data-parallel train step (`hcnn_jax.training.parallel`) and times it on one
    device-resident random batch: the synthetic rate, the ceiling.
 3. For each feed `source:workers:audio_dtype`, times the same step fed as `training.loop` feeds
@@ -49,6 +53,8 @@ def main(argv=None) -> Dict[str, Any]:
   parser.add_argument('--warmup', type=int, default=20)
   parser.add_argument('--model_kwargs', type=json.loads, default={})
   parser.add_argument('--data_dir', default=None)
+  parser.add_argument('--dataset', default=None,
+                      help='NAME[/CONFIG] of a prepared dataset in --data_dir (default: fake tracks)')
   parser.add_argument('--json', default=None)
   args = parser.parse_args(argv)
   feeds = []
@@ -69,17 +75,26 @@ def main(argv=None) -> Dict[str, Any]:
   from hcnn_jax.models import default_input_length, get_model
   from hcnn_jax.training import parallel, precision, state as state_lib
 
+  if args.dataset and not args.data_dir:
+    parser.error('--dataset reads a prepared dataset: give its --data_dir')
   tmp = None
   data_dir = args.data_dir or (tmp := tempfile.TemporaryDirectory(prefix='e2e_')).name
-  config = (f'tracks={args.tracks},classes={NUM_CLASSES},'
-            f'samples={int(TRACK_SECONDS * SAMPLE_RATE)}')
   t = time.perf_counter()
-  sources.write_fake_dataset(data_dir, config, splits=('train',))
-  source, _ = sources.load(sources.FAKE_TRACKS_NAME, 'train', data_dir)
-  print(f'dataset of {len(source)} tracks ready in {time.perf_counter() - t:.1f} s', flush=True)
+  if args.dataset:
+    name, _, config_name = args.dataset.partition('/')
+    source, meta = sources.load(name, 'train', data_dir, config_name or None)
+  else:
+    config = (f'tracks={args.tracks},classes={NUM_CLASSES},'
+              f'samples={int(TRACK_SECONDS * SAMPLE_RATE)}')
+    sources.write_fake_dataset(data_dir, config, splits=('train',), workers=os.cpu_count())
+    source, meta = sources.load(sources.FAKE_TRACKS_NAME, 'train', data_dir)
+  num_classes = meta['num_classes']
+  seconds = np.asarray(source[0]['audio']).shape[0] / meta.get('sample_rate', SAMPLE_RATE)
+  print(f'{args.dataset or "fake tracks"}: {len(source)} tracks ({seconds:.1f} s each, '
+        f'{num_classes} classes) ready in {time.perf_counter() - t:.1f} s', flush=True)
 
   length = default_input_length(args.model)
-  model = get_model(args.model, NUM_CLASSES,
+  model = get_model(args.model, num_classes,
                     **precision.model_kwargs(args.dtype, **args.model_kwargs))
   task = tasks.get_task('tagging')
   tx = optax.chain(optax.add_decayed_weights(1e-4), optax.adam(1e-4))
@@ -100,7 +115,7 @@ def main(argv=None) -> Dict[str, Any]:
   rng = np.random.default_rng(0)
   fixed = parallel.shard_batch(
       {'audio': rng.uniform(-1, 1, (args.batch, length)).astype(np.float32),
-       'labels': (rng.uniform(size=(args.batch, NUM_CLASSES)) < 0.1).astype(np.float32)}, mesh)
+       'labels': (rng.uniform(size=(args.batch, num_classes)) < 0.1).astype(np.float32)}, mesh)
   run(lambda: fixed, args.warmup)
   t = time.perf_counter()
   run(lambda: fixed, args.steps)
@@ -139,7 +154,8 @@ def main(argv=None) -> Dict[str, Any]:
 
   print(f'\n{jax.devices()[0].device_kind} × {jax.device_count()}, {os.cpu_count()} CPUs, '
         f'jax {jax.__version__}; {args.model} {args.dtype} batch {args.batch}, '
-        f'{len(source)} tracks of {TRACK_SECONDS} s; synthetic {synthetic:,.0f} clips/s\n')
+        f'{args.dataset or "fake"}, {len(source)} tracks of {seconds:.1f} s; '
+        f'synthetic {synthetic:,.0f} clips/s\n')
   print('| source | grain workers | audio sent as | start-up s | loader alone clips/s | '
         'training clips/s | / synthetic |\n|---|---|---|---|---|---|---|')
   for r in rows:
@@ -148,7 +164,8 @@ def main(argv=None) -> Dict[str, Any]:
           f"{r['train_clips_per_s']:,.0f} | {r['ratio']:.2f} |")
   result = {'device': jax.devices()[0].device_kind, 'cpus': os.cpu_count(),
             'model': args.model, 'dtype': args.dtype, 'batch': args.batch,
-            'tracks': len(source), 'synthetic_clips_per_s': synthetic, 'rows': rows}
+            'dataset': args.dataset or sources.FAKE_TRACKS_NAME, 'tracks': len(source),
+            'track_seconds': seconds, 'synthetic_clips_per_s': synthetic, 'rows': rows}
   if args.json:
     common.write_json(args.json, result)
   if tmp is not None:

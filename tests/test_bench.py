@@ -109,6 +109,24 @@ def test_end_to_end_disk_and_memory_feeds(cache_dir, tmp_path, monkeypatch):
   assert os.listdir(shm) == []  # and removed when the benchmark let go of it
 
 
+def test_end_to_end_reads_a_prepared_dataset(cache_dir, tmp_path):
+  """--dataset: the MTAT-sized rendered set on a GPU host; synth_gm/tiny (6-s clips) here."""
+  del cache_dir  # compiled into the shared cache like the other runs
+  from bench import end_to_end
+  from datasets.synth_gm.synth_gm import SynthGm
+  data_dir = str(tmp_path / 'tfds')
+  SynthGm(data_dir=data_dir, config='tiny', file_format='array_record',
+          num_workers=1).download_and_prepare()
+  result = end_to_end.main(['--model_kwargs', '{"width": 4}', '--batch', '2', '--steps', '1',
+                            '--warmup', '1', '--feeds', 'disk:0:int16', '--dtype', 'float32',
+                            '--dataset', 'synth_gm/tiny', '--data_dir', data_dir])
+  assert (result['dataset'], result['tracks'], result['track_seconds']) == ('synth_gm/tiny', 24, 6.0)
+  (row,) = result['rows']
+  assert _rate(row['train_clips_per_s']) and _rate(result['synthetic_clips_per_s'])
+  assert not os.path.exists(os.path.join(data_dir, 'fake_tracks'))  # nothing else was written
+  with pytest.raises(SystemExit):
+    end_to_end.main(['--dataset', 'synth_gm/tiny'])  # a prepared dataset needs its --data_dir
+
 def test_end_to_end_rejects_a_bad_feed():
   from bench import end_to_end
   with pytest.raises(SystemExit):
@@ -138,5 +156,10 @@ def test_every_default_variant_builds_and_the_pending_script_names_them():
         assert getattr(built.backend, key) == value, (model, name, key)
   script = os.path.join(os.path.dirname(breakdown.__file__), 'gpu_pending.sh')
   subprocess.run(['bash', '-n', script], check=True)
-  models = set(re.findall(r'--model (\w+)', open(script).read()))
+  text = open(script).read()
+  models = set(re.findall(r'--model (\w+)', text))
   assert models and models <= set(breakdown.DEFAULT_VARIANTS), models
+  from datasets.synth_gm.synth_gm import SynthGm  # pylint: disable=import-outside-toplevel
+  configs = {c.name for c in SynthGm.BUILDER_CONFIGS}
+  assert set(re.findall(r'--dataset synth_gm/(\w+)', text)) == {'large'} <= configs
+  assert set(re.findall(r'synth_gm --config (\w+)', text)) == {'large'}
