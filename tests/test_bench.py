@@ -163,3 +163,31 @@ def test_every_default_variant_builds_and_the_pending_script_names_them():
   configs = {c.name for c in SynthGm.BUILDER_CONFIGS}
   assert set(re.findall(r'--dataset synth_gm/(\w+)', text)) == {'large'} <= configs
   assert set(re.findall(r'synth_gm --config (\w+)', text)) == {'large'}
+
+
+def test_roofline_counts_every_flop_once_and_the_conv_outputs():
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from bench import roofline  # pylint: disable=import-outside-toplevel
+  from hcnn_jax.models import get_model  # pylint: disable=import-outside-toplevel
+  result = roofline.main(['--model_kwargs', '{"width": 4}', '--measured_train', '100'])
+  rows = {r['block']: r for r in result['rows']}
+  assert list(rows)[:3] == ['frontend (+ glue)', 'backend/layer1', 'backend/layer2']
+  # The blocks' FLOPs add up to the whole model's, counted here independently.
+  model = get_model('hcnn', 50, width=4, dtype=jnp.bfloat16)
+  x = jnp.zeros((1, 80_000))
+  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  cost = jax.jit(lambda v: model.apply(v, x, train=False)).lower(variables).cost_analysis()
+  assert result['total']['gflop_fwd'] == pytest.approx(cost['flops'] / 1e9, rel=1e-6)
+  assert rows['frontend (+ glue)']['gflop_fwd'] > 0 and rows['frontend (+ glue)']['convs'] == 0
+  # Layer 1: one conv over the 128 × 313 harmonic tensor, width 4 channels, bf16.
+  assert rows['backend/layer1']['convs'] == 1
+  assert rows['backend/layer1']['conv_out_mb'] == pytest.approx(128 * 313 * 4 * 2 / 1e6)
+  assert rows['backend/layer2']['conv_out_mb'] == pytest.approx(2 * 64 * 156 * 4 * 2 / 1e6)
+  for r in result['rows']:
+    assert r['gflop_train'] >= r['gflop_fwd'] >= 0
+  train = result['train']
+  assert train['ceiling_serial'] < train['ceiling_overlapped'] == min(
+      train['ceiling_compute_only'], train['ceiling_memory_only'])
+  assert train['measured_fraction_of_floor'] == pytest.approx(100 / train['ceiling_overlapped'])
+  with pytest.raises(SystemExit):
+    roofline.main(['--peak_tflops', '0'])
