@@ -5,8 +5,10 @@ seconds) and be shut down when the build ends, failed or not: use it as a contex
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
+import sys
 from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
 T = TypeVar('T')
@@ -15,6 +17,14 @@ R = TypeVar('R')
 
 def default_workers(cap: int = 8) -> int:
   return max(1, min(os.cpu_count() or 1, cap))
+
+
+def can_spawn() -> bool:
+  """False where spawned workers could not start: a `__main__` read from stdin (`python -`) names
+  a file that does not exist, each worker dies re-importing it, and the pool restarts them for
+  ever instead of failing."""
+  main_file = getattr(sys.modules.get('__main__'), '__file__', None)
+  return main_file is None or os.path.isfile(main_file)
 
 
 class OrderedPool:
@@ -33,6 +43,11 @@ class OrderedPool:
     self._pool = None
 
   def map(self, fn: Callable[[T], R], jobs: Iterable[T]) -> Iterator[R]:
+    if self.workers > 1 and self._pool is None and not can_spawn():
+      logging.warning('OrderedPool: the main module %r is not a file that worker processes can '
+                      'import; working in this process instead.',
+                      getattr(sys.modules['__main__'], '__file__', None))
+      self.workers = 1
     if self.workers <= 1:
       return map(fn, jobs)
     if self._pool is None:
