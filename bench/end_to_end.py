@@ -55,6 +55,9 @@ def main(argv=None) -> Dict[str, Any]:
   parser.add_argument('--data_dir', default=None)
   parser.add_argument('--dataset', default=None,
                       help='NAME[/CONFIG] of a prepared dataset in --data_dir (default: fake tracks)')
+  parser.add_argument('--decoded_dir', default=None,
+                      help="where the 'memory' feeds' decoded file goes (default /dev/shm; a "
+                      'disk folder is page cache on a host with the memory to spare)')
   parser.add_argument('--json', default=None)
   args = parser.parse_args(argv)
   feeds = []
@@ -127,7 +130,7 @@ def main(argv=None) -> Dict[str, Any]:
   for where, w, audio_dtype in feeds:
     if where == 'memory' and memory_source is None:
       t = time.perf_counter()
-      memory_source = in_memory.DecodedSource(source)
+      memory_source = in_memory.DecodedSource(source, directory=args.decoded_dir)
       print(f'{memory_source} read in {time.perf_counter() - t:.1f} s', flush=True)
     loader = pipeline.train_loader(memory_source if where == 'memory' else source,
                                    input_length=length, global_batch_size=args.batch,

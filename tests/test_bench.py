@@ -109,20 +109,33 @@ def test_end_to_end_disk_and_memory_feeds(cache_dir, tmp_path, monkeypatch):
   assert os.listdir(shm) == []  # and removed when the benchmark let go of it
 
 
-def test_end_to_end_reads_a_prepared_dataset(cache_dir, tmp_path):
+def test_end_to_end_reads_a_prepared_dataset(cache_dir, tmp_path, monkeypatch):
   """--dataset: the MTAT-sized rendered set on a GPU host; synth_gm/tiny (6-s clips) here."""
   del cache_dir  # compiled into the shared cache like the other runs
   from bench import end_to_end
+  from hcnn_jax.data import in_memory
   from datasets.synth_gm.synth_gm import SynthGm
   data_dir = str(tmp_path / 'tfds')
   SynthGm(data_dir=data_dir, config='tiny', file_format='array_record',
           num_workers=1).download_and_prepare()
+  decoded = tmp_path / 'decoded'  # --decoded_dir: the 'memory' feed's file goes here
+  decoded.mkdir()
+  seen = []
+  real_init = in_memory.DecodedSource.__init__
+
+  def init(self, *args, **kwargs):
+    real_init(self, *args, **kwargs)
+    seen.append(os.listdir(decoded))
+  monkeypatch.setattr(in_memory.DecodedSource, '__init__', init)
   result = end_to_end.main(['--model_kwargs', '{"width": 4}', '--batch', '2', '--steps', '1',
-                            '--warmup', '1', '--feeds', 'disk:0:int16', '--dtype', 'float32',
-                            '--dataset', 'synth_gm/tiny', '--data_dir', data_dir])
+                            '--warmup', '1', '--feeds', 'disk:0:int16,memory:0:int16',
+                            '--dtype', 'float32', '--dataset', 'synth_gm/tiny',
+                            '--data_dir', data_dir, '--decoded_dir', str(decoded)])
   assert (result['dataset'], result['tracks'], result['track_seconds']) == ('synth_gm/tiny', 24, 6.0)
-  (row,) = result['rows']
-  assert _rate(row['train_clips_per_s']) and _rate(result['synthetic_clips_per_s'])
+  for row in result['rows']:
+    assert _rate(row['train_clips_per_s']), row
+  assert _rate(result['synthetic_clips_per_s'])
+  assert len(seen) == 1 and len(seen[0]) == 1 and os.listdir(decoded) == []
   assert not os.path.exists(os.path.join(data_dir, 'fake_tracks'))  # nothing else was written
   with pytest.raises(SystemExit):
     end_to_end.main(['--dataset', 'synth_gm/tiny'])  # a prepared dataset needs its --data_dir
