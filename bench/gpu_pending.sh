@@ -6,6 +6,7 @@
 #   bash bench/gpu_pending.sh hcnn musicnn     # about 4 minutes on an H100
 #   bash bench/gpu_pending.sh zoo              # about 4 minutes
 #   bash bench/gpu_pending.sh e2e              # about 6 minutes (most of it building the set)
+#   bash bench/gpu_pending.sh xla              # about 4 minutes
 # A failed step is logged and the next one still runs.
 set -u
 OUT=${OUT:-bench/results/pending}
@@ -50,6 +51,17 @@ for step in "${steps[@]}"; do
       LIMIT=250 run end_to_end_large bench.end_to_end --dataset synth_gm/large --data_dir "$data" \
           --batch 256 --feeds disk:15:int16,memory:15:int16 --steps 40 --warmup 10 \
           --decoded_dir "$decoded" --json "$OUT/end_to_end_large.json" ;;
-    *) echo "unknown step $step (hcnn, musicnn, zoo, e2e)" ;;
+    xla)  # XLA's experimental cuDNN conv fusions (openxla/xla#34034, #37311: convolutions as
+          # cuDNN graphs that grow epilogues from their users), the one compiler-side route to
+          # the fused kernels that bench.roofline says the targets need; same call, flag off
+          # then on, so the two rows compare.
+      run breakdown_hcnn_xla_default bench.breakdown --model hcnn --batch 256 --dtype bfloat16 \
+          --steps 20 --variants '{"base": {}, "fold_bn": {"fold_bn": true}}' \
+          --json "$OUT/breakdown_hcnn_xla_default.json"
+      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_experimental_enable_conv_fusion=true" \
+        run breakdown_hcnn_conv_fusion bench.breakdown --model hcnn --batch 256 \
+          --dtype bfloat16 --steps 20 --variants '{"base": {}, "fold_bn": {"fold_bn": true}}' \
+          --trace "$OUT/trace_hcnn_conv_fusion" --json "$OUT/breakdown_hcnn_conv_fusion.json" ;;
+    *) echo "unknown step $step (hcnn, musicnn, zoo, e2e, xla)" ;;
   esac
 done
