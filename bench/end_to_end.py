@@ -19,8 +19,8 @@
    that lets the workers start. source `disk` reads the array_record files (decompressing each
    track), `memory` the split decoded once into a shared file in /dev/shm
    (`data.in_memory`, the loop's `data_in_memory`); audio_dtype int16 sends the stored samples
-   and the step rescales them (the loop's choice). Also times the loader alone (no training), to tell a slow host from a slow
-   hand-over.
+   and the step rescales them (the loop's choice). Also times the loader alone (no training), to
+   tell a slow host from a slow hand-over.
 The figure of merit is pipeline rate / synthetic rate (target ≥ 0.9). Page cache: the tracks are
 read many times over, as an MTAT-sized set (14.5 GB) is on a host with more memory than that.
 """
@@ -54,7 +54,8 @@ def main(argv=None) -> Dict[str, Any]:
   parser.add_argument('--model_kwargs', type=json.loads, default={})
   parser.add_argument('--data_dir', default=None)
   parser.add_argument('--dataset', default=None,
-                      help='NAME[/CONFIG] of a prepared dataset in --data_dir (default: fake tracks)')
+                      help='NAME[/CONFIG] of a prepared dataset in --data_dir '
+                      '(default: fake tracks)')
   parser.add_argument('--decoded_dir', default=None,
                       help="where the 'memory' feeds' decoded file goes (default /dev/shm; a "
                       'disk folder is page cache on a host with the memory to spare)')
@@ -150,8 +151,8 @@ def main(argv=None) -> Dict[str, Any]:
     t = time.perf_counter()
     run(feed, args.steps)
     fed = args.batch * args.steps / (time.perf_counter() - t)
-    rows.append({'source': where, 'workers': w, 'audio_dtype': audio_dtype, 'startup_s': startup, 'loader_clips_per_s': host,
-                 'train_clips_per_s': fed, 'ratio': fed / synthetic})
+    rows.append({'source': where, 'workers': w, 'audio_dtype': audio_dtype, 'startup_s': startup,
+                 'loader_clips_per_s': host, 'train_clips_per_s': fed, 'ratio': fed / synthetic})
     print(json.dumps(rows[-1]), flush=True)
     del it, loader
 

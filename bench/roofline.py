@@ -1,4 +1,4 @@
-"""How fast a model could train and infer on a card, layer by layer, from its FLOPs and tensor sizes.
+"""How fast a model could train and infer on a card, per layer, from its FLOPs and tensor sizes.
 
   python -m bench.roofline [--model hcnn] [--dtype bfloat16] [--peak_tflops 989]
       [--bandwidth_tbs 3.35] [--measured_train 7112] [--measured_infer 26848] [--json OUT.json]
@@ -28,9 +28,11 @@ from typing import Any, Dict, List
 from bench import common
 
 
-def layer_costs(model_name: str, dtype: str = 'bfloat16', model_kwargs: Dict[str, Any] | None = None,
+def layer_costs(model_name: str, dtype: str = 'bfloat16',
+                model_kwargs: Dict[str, Any] | None = None,
                 num_classes: int = 50) -> List[Dict[str, Any]]:
-  """Per top-level block (in call order): FLOPs forward / forward+VJP and conv-output bytes, per clip."""
+  """Per top-level block (in call order), per clip: FLOPs forward and forward + VJP, and the
+  bytes of its convolutions' outputs."""
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
@@ -40,12 +42,14 @@ def layer_costs(model_name: str, dtype: str = 'bfloat16', model_kwargs: Dict[str
   from hcnn_jax.models import default_input_length, get_model
   from hcnn_jax.training import precision
 
-  model = get_model(model_name, num_classes, **precision.model_kwargs(dtype, **(model_kwargs or {})))
+  model = get_model(model_name, num_classes,
+                    **precision.model_kwargs(dtype, **(model_kwargs or {})))
   x = jnp.zeros((1, default_input_length(model_name)), jnp.float32)
   # nn.tabulate only prints its table; the rows (the same counts) come from the function behind it.
   # Each module's first call only: flax cannot count the helpers that set up parameters.
-  table = summary._get_module_table(model, depth=None, show_repeated=False, compute_flops=True,  # pylint: disable=protected-access
-                                    compute_vjp_flops=True)(jax.random.PRNGKey(0), x, train=False)
+  get_table = summary._get_module_table  # pylint: disable=protected-access
+  table = get_table(model, depth=None, show_repeated=False, compute_flops=True,
+                    compute_vjp_flops=True)(jax.random.PRNGKey(0), x, train=False)
   calls = {}
   for row in table:
     if row.method == '__call__':
@@ -135,7 +139,8 @@ def main(argv=None) -> Dict[str, Any]:
           f"{r['conv_out_mb']:.2f} | {r['us_compute_train']:.1f} | {r['us_memory_train']:.1f} | "
           f"{r['us_compute_infer']:.1f} | {r['us_memory_infer']:.1f} |")
   print('\n| | compute-only ceiling | memory-only ceiling | both, overlapped | both, serial | '
-        'target | target needs, of the overlapped floor | measured |\n|---|---|---|---|---|---|---|---|')
+        'target | target needs, of the overlapped floor | measured |\n'
+        '|---|---|---|---|---|---|---|---|')
   for mode, target, measured in (('train', args.target_train, args.measured_train),
                                  ('infer', args.target_infer, args.measured_infer)):
     c = result[mode]
@@ -144,11 +149,13 @@ def main(argv=None) -> Dict[str, Any]:
     c['measured'] = measured
     c['measured_fraction_of_floor'] = measured / c['ceiling_overlapped'] if measured else None
     shown = f"{measured:,.0f} ({c['measured_fraction_of_floor']:.0%})" if measured else '—'
-    print(f"| {mode} clips/s | {c['ceiling_compute_only']:,.0f} | {c['ceiling_memory_only']:,.0f} | "
+    print(f"| {mode} clips/s | {c['ceiling_compute_only']:,.0f} | "
+          f"{c['ceiling_memory_only']:,.0f} | "
           f"{c['ceiling_overlapped']:,.0f} | {c['ceiling_serial']:,.0f} | {target:,.0f} | "
           f"{c['target_fraction_of_floor']:.0%} | {shown} |")
   result.update(model=args.model, dtype=args.dtype, rows=rows, settings={
-      k: getattr(args, k) for k in ('peak_tflops', 'bandwidth_tbs', 'passes_train', 'passes_infer')})
+      k: getattr(args, k)
+      for k in ('peak_tflops', 'bandwidth_tbs', 'passes_train', 'passes_infer')})
   if args.json:
     common.write_json(args.json, result)
   return result

@@ -131,7 +131,8 @@ def test_end_to_end_reads_a_prepared_dataset(cache_dir, tmp_path, monkeypatch):
                             '--warmup', '1', '--feeds', 'disk:0:int16,memory:0:int16',
                             '--dtype', 'float32', '--dataset', 'synth_gm/tiny',
                             '--data_dir', data_dir, '--decoded_dir', str(decoded)])
-  assert (result['dataset'], result['tracks'], result['track_seconds']) == ('synth_gm/tiny', 24, 6.0)
+  assert (result['dataset'], result['tracks'], result['track_seconds']) == (
+      'synth_gm/tiny', 24, 6.0)
   for row in result['rows']:
     assert _rate(row['train_clips_per_s']), row
   assert _rate(result['synthetic_clips_per_s'])

@@ -248,8 +248,9 @@ class FakeTracks(tfds.core.ShardBasedBuilder, skip_registration=True):
     for split in self._fake_splits:
       source = fake_source(split, self._fake_config)
       per_shard = max(1, _FAKE_SHARD_BYTES // (2 * source.num_samples))
-      iterators[split] = [functools.partial(self._shard, source, lo, min(lo + per_shard, len(source)))
-                          for lo in range(0, len(source), per_shard)]
+      n = len(source)
+      iterators[split] = [functools.partial(self._shard, source, lo, min(lo + per_shard, n))
+                          for lo in range(0, n, per_shard)]
     return iterators
 
   def _download_and_prepare(self, dl_manager, download_config=None):

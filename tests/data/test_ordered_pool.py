@@ -1,4 +1,4 @@
-"""OrderedPool: results in job order, in workers or in-process, and no hang where workers can't start."""
+"""OrderedPool: results in job order, in workers or in-process; no hang if workers can't start."""
 from __future__ import annotations
 
 import sys
