@@ -21,15 +21,36 @@ import torch
 
 nn = torch.nn
 
-SR, N_FFT, HOP = 16000, 512, 256
+SR, N_FFT = 16000, 512
+
+
+class Spectrogram(nn.Module):
+  """torchaudio's Spectrogram as the reference builds it (win_length = n_fft, hop = n_fft // 2,
+  centred, reflect padding, power 2). Its Hann `window` is in the state_dict, as in the published
+  files: torchaudio 0.3.0 kept it as a `torch.jit.Attribute` tensor (saved like a buffer), today's
+  torchaudio registers it as a persistent buffer."""
+
+  def __init__(self, n_fft: int = N_FFT):
+    super().__init__()
+    self.n_fft = n_fft
+    self.register_buffer('window', torch.hann_window(n_fft))
+
+  def forward(self, x):
+    return torch.stft(x, self.n_fft, self.n_fft // 2, window=self.window, center=True,
+                      pad_mode='reflect', return_complex=True).abs() ** 2  # (B, bins, T)
 
 
 class HarmonicSTFT(nn.Module):
-  """The reference front-end (section 1) in torch: power STFT → triangular harmonic filters."""
+  """The reference front-end (section 1) in torch: power STFT → triangular harmonic filters.
 
-  def __init__(self, n_harmonic: int):
+  State_dict keys as the reference's: `bw_Q` (learn_bw='only_Q') and `spec.window`; the centre
+  frequencies and FFT bins are plain tensors there, so not saved (non-persistent here).
+  """
+
+  def __init__(self, n_harmonic: int, n_fft: int = N_FFT):
     super().__init__()
     self.n_harmonic = n_harmonic
+    self.spec = Spectrogram(n_fft)
     self.bw_Q = nn.Parameter(torch.tensor([1.0]))
     low = 24  # C1
     high = int(round(12 * (np.log2(SR / (2 * n_harmonic)) - np.log2(440.0)) + 69))
@@ -38,12 +59,10 @@ class HarmonicSTFT(nn.Module):
     f0 = 440.0 * 2.0 ** ((midi - 69.0) / 12.0)
     self.register_buffer('centres', torch.cat([f0 * (h + 1) for h in range(n_harmonic)]).float(),
                          persistent=False)
-    self.register_buffer('bins', torch.linspace(0, SR // 2, N_FFT // 2 + 1), persistent=False)
-    self.register_buffer('window', torch.hann_window(N_FFT), persistent=False)
+    self.register_buffer('bins', torch.linspace(0, SR // 2, n_fft // 2 + 1), persistent=False)
 
   def forward(self, x):
-    spec = torch.stft(x, N_FFT, HOP, window=self.window, center=True, pad_mode='reflect',
-                      return_complex=True).abs() ** 2  # (B, 257, T)
+    spec = self.spec(x)
     bw = (0.1079 * self.centres + 24.7) / self.bw_Q
     f = self.bins[:, None]
     fb = torch.relu(torch.minimum(1 + 2 * (f - self.centres) / bw, 1 - 2 * (f - self.centres) / bw))
@@ -78,12 +97,12 @@ class Res_2d_mp(nn.Module):
 
 
 class HarmonicCNN(nn.Module):
-  """sota's HarmonicCNN layout and attribute names, at a tiny width."""
+  """sota's HarmonicCNN layout and attribute names (so its state_dict keys), at any width."""
 
-  def __init__(self, n_channels, n_class, n_harmonic):
+  def __init__(self, n_channels, n_class, n_harmonic, n_fft: int = N_FFT):
     super().__init__()
     c = n_channels
-    self.hstft = HarmonicSTFT(n_harmonic)
+    self.hstft = HarmonicSTFT(n_harmonic, n_fft)
     self.hstft_bn = nn.BatchNorm2d(n_harmonic)
     self.layer1 = Conv_2d(n_harmonic, c, 2)
     self.layer2 = Res_2d_mp(c, 2)

@@ -6,6 +6,12 @@ state_dict keys are the reference's: `spec.*` / `to_db` / `spec_bn` front-end, `
 Musicnn's `layers` ModuleList, CRNN's `layer5` GRU, CNNSA's BERT `encoder.layer.{k}`/`pooler`.
 Widths, depths and pools are arguments so the tests run on tiny, short inputs; each forward keeps
 the reference's shape rules (flatten / squeeze where it squeezes) and ends in its sigmoid.
+
+Every twin's state_dict holds every key the published files hold, buffers included: torchaudio's
+`spec.spectrogram.window` and `spec.mel_scale.fb` (torchaudio 0.3.0 saved its `torch.jit.Attribute`
+tensors; today's saves persistent buffers), `hstft.spec.window`, and BatchNorm's
+`num_batches_tracked`; and nothing they lack (CNNSA's [CLS] and HCNN's centre frequencies are plain
+tensors there, so not saved). At the end: the ICASSP 2020 repository's HarmonicCNN (ddhf layout).
 """
 from __future__ import annotations
 
@@ -14,6 +20,8 @@ import math
 import numpy as np
 import torch
 from torch import nn
+
+from bench import torch_hcnn  # the HarmonicSTFT and blocks of sota's HarmonicCNN twin
 
 SR, N_FFT, HOP = 16000, 512, 256
 
@@ -428,10 +436,105 @@ def trained_looking(model: nn.Module, seed: int = 0) -> nn.Module:
         module.running_var.uniform_(0.5, 2.0)
         module.weight.uniform_(0.5, 1.5)
         module.bias.uniform_(-0.3, 0.3)
+        module.num_batches_tracked.fill_(12_345)  # saved by every real file; unused in eval
         if name.endswith('spec_bn'):  # dB inputs
           module.running_mean.fill_(-30.0)
           module.running_var.fill_(400.0)
       elif isinstance(module, BertLayerNorm):
         module.weight.uniform_(0.5, 1.5)
         module.bias.uniform_(-0.3, 0.3)
+  return model.eval()
+
+
+
+def calibrated(model: nn.Module, audio: np.ndarray, seed: int = 0) -> nn.Module:
+  """BatchNorm statistics measured on `audio` (as training leaves them), random affines; eval().
+
+  Random running statistics (`trained_looking`) rarely match the scale of the activations, so
+  every BN maps its input to almost a constant and the outputs barely depend on the audio; with
+  measured statistics they do, and a converter that got the input path wrong cannot hide.
+  """
+  bns = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+  for m in bns:
+    m.reset_running_stats()
+    m.momentum = None  # a cumulative average: one pass gives the batch's statistics
+  model.train()
+  with torch.no_grad():
+    model(torch.as_tensor(audio))
+    torch.manual_seed(seed)
+    for m in bns:
+      m.momentum = 0.1
+      m.weight.uniform_(0.5, 1.5)
+      m.bias.uniform_(-0.3, 0.3)
+      m.num_batches_tracked.fill_(12_345)
+    for m in model.modules():
+      if isinstance(m, BertLayerNorm):
+        m.weight.uniform_(0.5, 1.5)
+        m.bias.uniform_(-0.3, 0.3)
+    if hasattr(model, 'hstft'):
+      model.hstft.bw_Q.fill_(0.8)
+  return model.eval()
+
+# ---- the ICASSP 2020 repository's Harmonic CNN (ddhf) ----
+# Built from the public source's documented names (minzwon/data-driven-harmonic-filters,
+# training/model.py `Model`, training/modules.py `ResNet_mtat/_dcase/_keyword`, `Conv3_2d`,
+# `Conv3_2d_resmp`): the same network as sota's HarmonicCNN under other names.
+
+# ddhf's time pools of res6 / res7 per dataset head (the pitch pool is 2 everywhere).
+DDHF_POOLS = {'mtat': ((2, 3), (2, 3)), 'dcase': (2, 2), 'keyword': (2, (2, 1))}
+
+
+class DDHFResNet(nn.Module):
+  """ResNet_<dataset>: res1 Conv3_2d, res2-4 Conv3_2d_resmp, res5 Conv3_2d (2·width), res6-7
+  Conv3_2d_resmp; fc_1 → bn → relu → dropout → fc_2 (→ sigmoid, except the keyword head)."""
+
+  def __init__(self, n_harmonic, width, n_class, dataset='mtat'):
+    super().__init__()
+    c, (pool6, pool7) = width, DDHF_POOLS[dataset]
+    self.res1 = torch_hcnn.Conv_2d(n_harmonic, c, 2)
+    self.res2 = torch_hcnn.Res_2d_mp(c, 2)
+    self.res3 = torch_hcnn.Res_2d_mp(c, 2)
+    self.res4 = torch_hcnn.Res_2d_mp(c, 2)
+    self.res5 = torch_hcnn.Conv_2d(c, 2 * c, 2)
+    self.res6 = torch_hcnn.Res_2d_mp(2 * c, pool6)
+    self.res7 = torch_hcnn.Res_2d_mp(2 * c, pool7)
+    self.fc_1 = nn.Linear(2 * c, 2 * c)
+    self.bn = nn.BatchNorm1d(2 * c)
+    self.fc_2 = nn.Linear(2 * c, n_class)
+    self.dropout = nn.Dropout(0.5)
+    self.sigmoid = dataset != 'keyword'
+
+  def forward(self, x):
+    for i in range(1, 8):
+      x = getattr(self, f'res{i}')(x)
+    x = x.squeeze(2)
+    if x.size(-1) != 1:
+      x = nn.MaxPool1d(x.size(-1))(x)
+    x = self.fc_2(self.dropout(torch.relu(self.bn(self.fc_1(x.squeeze(2))))))
+    return torch.sigmoid(x) if self.sigmoid else x
+
+
+class DDHFModel(nn.Module):
+  """ddhf's `Model`: hstft (its Spectrogram window saved as `hstft.spec.window`), hstft_bn,
+  conv_2d = ResNet_<dataset>."""
+
+  def __init__(self, width, n_class, n_harmonic=6, dataset='mtat', n_fft=N_FFT):
+    super().__init__()
+    self.hstft = torch_hcnn.HarmonicSTFT(n_harmonic, n_fft)
+    self.hstft_bn = nn.BatchNorm2d(n_harmonic)
+    self.conv_2d = DDHFResNet(n_harmonic, width, n_class, dataset)
+
+  def forward(self, x):
+    return self.conv_2d(self.hstft_bn(self.hstft(x)))
+
+
+def trained_looking_hcnn(model: nn.Module, seed: int = 0) -> nn.Module:
+  """`trained_looking`, with hstft_bn's statistics on the scale of the dB harmonic tensor and a
+  Q away from its initial 1."""
+  trained_looking(model, seed)
+  with torch.no_grad():
+    n = model.hstft_bn.num_features
+    model.hstft_bn.running_mean.copy_(torch.linspace(-40.0, -20.0, n))
+    model.hstft_bn.running_var.copy_(torch.linspace(300.0, 500.0, n))
+    model.hstft.bw_Q.fill_(0.8)
   return model.eval()

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip('torch')
-nn = torch.nn
 
 from bench.torch_hcnn import HarmonicCNN  # noqa: E402  (the reference's twin; needs torch)
 from hcnn_jax.tools import import_torch  # noqa: E402  (after the importorskip)
+import _torch_twins as twins  # noqa: E402  (tests/tools/_torch_twins.py; needs torch)
 
 WIDTH, N_HARMONIC, NUM_CLASSES = 4, 6, 7
 LENGTH = 80_000  # the reference's 5 s: seven time pools 2,2,2,2,2,3,3 → 1 frame
@@ -22,21 +22,8 @@ LENGTH = 80_000  # the reference's 5 s: seven time pools 2,2,2,2,2,3,3 → 1 fra
 @pytest.fixture(scope='module')
 def twin():
   torch.manual_seed(0)
-  model = HarmonicCNN(WIDTH, NUM_CLASSES, N_HARMONIC)
   # Trained-looking weights: non-trivial BN statistics and affines, and a Q away from 1.
-  with torch.no_grad():
-    for name, module in model.named_modules():
-      if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        n = module.num_features
-        module.running_mean.uniform_(-1.0, 1.0)
-        module.running_var.uniform_(0.5, 2.0)
-        module.weight.uniform_(0.5, 1.5)
-        module.bias.uniform_(-0.3, 0.3)
-        if name == 'hstft_bn':  # dB inputs: statistics on the scale of the harmonic tensor
-          module.running_mean.copy_(torch.linspace(-40.0, -20.0, n))
-          module.running_var.copy_(torch.linspace(300.0, 500.0, n))
-    model.hstft.bw_Q.fill_(0.8)
-  return model.eval()
+  return twins.trained_looking_hcnn(HarmonicCNN(WIDTH, NUM_CLASSES, N_HARMONIC))
 
 
 @pytest.fixture
@@ -49,7 +36,8 @@ def audio(make_signal):
 
 def test_state_dict_keys_are_the_references(twin):
   keys = set(twin.state_dict())
-  assert {'hstft.bw_Q', 'hstft_bn.running_var', 'layer1.conv.weight', 'layer1.bn.weight',
+  assert {'hstft.bw_Q', 'hstft.spec.window', 'hstft_bn.running_var',
+          'hstft_bn.num_batches_tracked', 'layer1.conv.weight', 'layer1.bn.weight',
           'layer2.conv_1.weight', 'layer2.bn_2.running_mean', 'dense1.weight', 'bn.bias',
           'dense2.weight'} <= keys
   assert import_torch.infer_hcnn_hparams(twin.state_dict()) == {
@@ -120,8 +108,6 @@ def test_cli_refuses_pickled_code_and_bad_files(tmp_path, capsys):
 
 
 # ---- the zoo: mel models, sample-level models, CNNSA ----
-
-import _torch_twins as twins  # noqa: E402  (tests/tools/_torch_twins.py; needs torch)
 
 FCN_POOLS_TINY = ((2, 2), (2, 2), (2, 2), (3, 2), (4, 2))  # 96 bins → 1; 48 frames → 1
 CRNN_POOLS_TINY = ((2, 2), (3, 2), (4, 1), (4, 1))  # 96 bins → 1; 64 frames → 16 GRU steps
@@ -257,7 +243,8 @@ def test_zoo_errors_name_the_keys_and_what_to_pass():
     import_torch.convert_state_dict(shallow)
   with pytest.raises(ValueError, match=r"unknown model 'vgg'"):
     import_torch.convert_state_dict(fcn.state_dict(), 'vgg')
-  with pytest.raises(ValueError, match=r'cannot tell which sota model'):
+  with pytest.raises(ValueError, match=r'no known layout matched.*tried: '
+                                       r'sota-music-tagging-models.*data-driven-harmonic-filters'):
     import_torch.convert_state_dict({'foo.weight': torch.zeros(2)})
 
 
