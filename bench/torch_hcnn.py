@@ -3,7 +3,7 @@ ops only) and a same-machine PyTorch baseline for `bench.run`.
 
   python -m bench.torch_hcnn [--batch 16,128] [--modes fp32,bf16] [--steps 20] [--json OUT]
 
-The twin is what `tests/tools/test_import_torch.py` converts and compares with our HCNN; here it
+The twin is what `tests/tools/test_import_torch*.py` convert and compare with our HCNN; here it
 also times the reference recipe's training step (Adam, BCE on sigmoid outputs) and inference on
 random 80,000-sample clips at full width, so that the JAX figures of `bench.run` can be set
 against PyTorch measured on the same card in the same session rather than against the brief's

@@ -126,9 +126,9 @@ def _refusal(err: BaseException) -> str:
   """torch's weights_only refusal cut to its reason ("unsupported GLOBAL posix.system ..."), one
   line: the sentences advising to turn the check off are dropped, never the reason."""
   text = ' '.join(str(err).split())
-  sentences = re.split(r'(?<=[.!?])\s+', text)
-  reasons = [re.sub(r'^WeightsUnpickler error:\s*', '', s) for s in sentences
-             if s and not _ADVICE.search(s)]
+  # torch 2.4-2.5 put the reason after "WeightsUnpickler error:" inside an advice sentence.
+  tail = text.split('WeightsUnpickler error:', 1)[-1].strip()
+  reasons = [s for s in re.split(r'(?<=[.!?])\s+', tail) if s and not _ADVICE.search(s)]
   return ' '.join(reasons or [text])[:400]
 
 
@@ -208,7 +208,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 2
   options = ', '.join(f'{k} {v}' for k, v in converted.kwargs.items())
   print(f'wrote {path} ({converted.name} from {REFERENCE_CLASSES[converted.name]}, '
-        f'{converted.num_classes} classes, {options})')
+        f'{converted.layout} layout, {converted.num_classes} classes, {options})')
   return 0
 
 

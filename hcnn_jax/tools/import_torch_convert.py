@@ -44,6 +44,7 @@ class Converted(NamedTuple):
   num_classes: int
   kwargs: Dict[str, Any]
   variables: Dict[str, Any]
+  layout: str = 'sota'  # the file's key naming: 'sota' or 'ddhf' (`layouts.LAYOUTS`)
 
 
 def infer_hcnn_hparams(state_dict: Mapping[str, Any]) -> Dict[str, int]:
@@ -372,4 +373,4 @@ def convert_state_dict(state_dict: Mapping[str, Any], model: Optional[str] = Non
   num_classes = int(inferred.pop('num_classes'))
   kwargs = {**inferred, **given}
   return Converted(name, num_classes, kwargs,
-                   _convert(sd, name, num_classes, kwargs, layout.original))
+                   _convert(sd, name, num_classes, kwargs, layout.original), layout.name)

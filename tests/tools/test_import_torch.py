@@ -259,7 +259,7 @@ def test_cli_infers_a_zoo_model_and_round_trips(make_signal, tmp_path, capsys):
   out = tmp_path / 'imported'
   pools = json.dumps({'pools': [list(p) for p in CRNN_POOLS_TINY]})
   assert import_torch.main([str(pth), '--out', str(out), '--model_kwargs', pools]) == 0
-  assert 'crnn from CRNN, 7 classes' in capsys.readouterr().out
+  assert 'crnn from CRNN, sota layout, 7 classes' in capsys.readouterr().out
   model, variables, config, names = checkpoint.load_for_inference(str(out))
   assert config.model.name == 'crnn' and len(names) == NUM_CLASSES
   audio = _audio(make_signal, length)

@@ -73,6 +73,26 @@ def test_ddhf_twin_has_the_documented_key_set():
   assert set(twins.DDHFModel(4, 50).state_dict()) == _ddhf_keys()
 
 
+# The zoo models the acceptance test below does not cover: (tiny twin, options the weights lack).
+ZOO = {'short_chunk_res': (lambda: twins.ShortChunkCNN((4, 6), 5, residual=True), {}),
+       'fcn': (lambda: twins.FCN((4, 6), ((2, 4), (2, 4)), 5), {'pools': ((2, 4), (2, 4))}),
+       'musicnn': (lambda: twins.Musicnn(5, timbral=3, temporal=2, backend=4, dense=5), {}),
+       'crnn': (lambda: twins.CRNN((4, 4, 4, 4), ((2, 2),) * 4, 5), {'pools': ((2, 2),) * 4}),
+       'sample_se': (lambda: twins.SampleCNN((4, 4, 4), 5, se=True), {})}
+
+
+@pytest.mark.parametrize('name', sorted(ZOO))
+def test_zoo_twins_carry_the_buffers_of_the_published_files_and_convert(name):
+  make, kwargs = ZOO[name]
+  twin = make()
+  keys = set(twin.state_dict())
+  bns = [n for n, m in twin.named_modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)]
+  assert bns and {f'{n}.num_batches_tracked' for n in bns} <= keys
+  mel = {'spec.spectrogram.window', 'spec.mel_scale.fb'}
+  assert mel <= keys if name != 'sample_se' else not mel & keys  # SampleCNN reads the waveform
+  assert import_torch.convert_state_dict(twin.state_dict(), **kwargs).name == name
+
+
 @pytest.mark.parametrize('case', sorted(CASES))
 def test_published_key_set_imports_and_matches_the_torch_outputs(case, make_signal, tmp_path,
                                                                  capsys):
@@ -86,7 +106,9 @@ def test_published_key_set_imports_and_matches_the_torch_outputs(case, make_sign
   torch.save(sd, pth)
   out = tmp_path / 'imported'
   assert import_torch.main([str(pth), '--out', str(out)]) == 0
-  assert f'({name} from' in capsys.readouterr().out
+  printed = capsys.readouterr().out
+  layout = 'ddhf' if case.endswith('ddhf') else 'sota'
+  assert f'({name} from' in printed and f', {layout} layout,' in printed
   model, variables, config, names = checkpoint.load_for_inference(str(out))
   with torch.no_grad():
     expected = twin(torch.from_numpy(audio)).numpy()
@@ -203,6 +225,34 @@ def test_a_weights_only_refusal_keeps_its_reason(tmp_path, capsys):
   assert not marker.exists()
   assert f'GLOBAL {os.system.__module__}.system' in err  # the reason, not only torch's advice
   assert 'trusted source' not in err
+
+
+# torch's wording of the same refusal across versions (2.4-2.5, 2.6-2.8, later).
+@pytest.mark.parametrize('message', [
+    'Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` will '
+    'likely succeed, but it can result in arbitrary code execution. Do it only if you got the file '
+    'from a trusted source.\n Please file an issue with the following so that we can make '
+    '`weights_only=True` compatible with your use case: WeightsUnpickler error: Unsupported '
+    'global: GLOBAL posix.system was not an allowed global by default. Please use '
+    '`torch.serialization.add_safe_globals([system])` to allowlist this global if you trust it.',
+    'Weights only load failed. This file can still be loaded, to do so you have two options, do '
+    'those steps only if you trust the source of the checkpoint.\n\t(1) In PyTorch 2.6, we changed '
+    'the default value of the `weights_only` argument in `torch.load` from `False` to `True`. '
+    'Re-running `torch.load` with `weights_only` set to `False` will likely succeed.\n\t(2) '
+    'Alternatively, to load with `weights_only=True` please check the recommended steps in the '
+    'following error message.\n\tWeightsUnpickler error: Unsupported global: GLOBAL posix.system '
+    'was not an allowed global by default. Please use `torch.serialization.safe_globals([system])` '
+    'or the `torch.serialization.add_safe_globals([system])` context manager.',
+    'Weights only load failed. In PyTorch 2.6, we changed the default value of the `weights_only` '
+    'argument in `torch.load` from `False` to `True`. Do it only if you got the file from a '
+    'trusted source.\n\n\nTrying to load unsupported GLOBAL posix.system whose module posix is '
+    'blocked.\n\nCheck the documentation of torch.load to learn more about types accepted by '
+    'default with weights_only https://pytorch.org/docs/stable/generated/torch.load.html.',
+])
+def test_the_refusal_reason_survives_each_torch_wording(message):
+  reason = import_torch._refusal(RuntimeError(message))  # pylint: disable=protected-access
+  assert 'GLOBAL posix.system' in reason and '\n' not in reason
+  assert 'weights_only' not in reason and 'trusted' not in reason
 
 
 def test_no_layout_matched_lists_the_layouts_tried(tmp_path, capsys):
