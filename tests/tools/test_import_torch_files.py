@@ -2,7 +2,7 @@
 repositories' layouts, wrappers, and the command line's refusals.
 
 There is no download here: each state_dict comes from a tiny PyTorch twin built from the public
-source's behaviour (tests/tools/_torch_twins.py, bench/torch_hcnn.py): sota's
+source's behaviour (tests/tools/_torch_twins*.py, bench/torch_hcnn.py): sota's
 minzwon/sota-music-tagging-models `training/model.py` / `modules.py` under torch 1.2 and
 torchaudio 0.3.0, whose `torch.jit.Attribute` tensors (the STFT window, the mel filterbank) are
 saved with the weights, and the ICASSP 2020 minzwon/data-driven-harmonic-filters `training/model.py`
@@ -21,6 +21,7 @@ torch = pytest.importorskip('torch')
 import jax  # noqa: E402
 
 import _torch_twins as twins  # noqa: E402  (tests/tools/_torch_twins.py; needs torch)
+import _torch_twins_ddhf as ddhf  # noqa: E402  (tests/tools/_torch_twins_ddhf.py)
 from bench.torch_hcnn import HarmonicCNN  # noqa: E402
 from hcnn_jax.tools import import_torch  # noqa: E402
 from hcnn_jax.training import checkpoint  # noqa: E402
@@ -48,7 +49,7 @@ CASES = {
     'hcnn_sota': (lambda: HarmonicCNN(4, NUM_CLASSES, 6), 80_000,
                   {'hstft.spec.window', 'hstft_bn.num_batches_tracked', 'bn.num_batches_tracked'},
                   'hcnn'),
-    'hcnn_ddhf': (lambda: twins.DDHFModel(4, 50), 80_000,
+    'hcnn_ddhf': (lambda: ddhf.DDHFModel(4, 50), 80_000,
                   {'hstft.spec.window', 'conv_2d.bn.num_batches_tracked'}, 'hcnn'),
     'short_chunk': (lambda: twins.ShortChunkCNN((4, 4, 6, 6, 6, 6, 8), NUM_CLASSES), 65_280,
                     {'spec.spectrogram.window', 'spec.mel_scale.fb', 'spec_bn.num_batches_tracked'},
@@ -70,7 +71,7 @@ def _harmonic_chirp(length, make_signal):
 
 
 def test_ddhf_twin_has_the_documented_key_set():
-  assert set(twins.DDHFModel(4, 50).state_dict()) == _ddhf_keys()
+  assert set(ddhf.DDHFModel(4, 50).state_dict()) == _ddhf_keys()
 
 
 # The zoo models the acceptance test below does not cover: (tiny twin, options the weights lack).
@@ -133,7 +134,7 @@ def test_ddhf_heads_and_fft_size_are_read_off_the_file(dataset, n_class, length,
   from hcnn_jax.models import get_model  # pylint: disable=import-outside-toplevel
   torch.manual_seed(0)
   audio = np.stack([make_signal('noise', length), _harmonic_chirp(length, make_signal)])
-  twin = twins.calibrated(twins.DDHFModel(4, n_class, dataset=dataset, n_fft=n_fft), audio)
+  twin = twins.calibrated(ddhf.DDHFModel(4, n_class, dataset=dataset, n_fft=n_fft), audio)
   converted = import_torch.convert_state_dict(twin.state_dict())
   assert converted.name == ours and converted.kwargs.get('n_fft', 512) == n_fft
   with torch.no_grad():
@@ -144,7 +145,7 @@ def test_ddhf_heads_and_fft_size_are_read_off_the_file(dataset, n_class, length,
 
 
 def test_ddhf_problems_are_named_as_the_file_names_them():
-  sd = dict(twins.DDHFModel(4, 50).state_dict())
+  sd = dict(ddhf.DDHFModel(4, 50).state_dict())
   sd['conv_2d.res2.extra.weight'] = torch.zeros(3)
   del sd['conv_2d.fc_1.bias']
   sd['hstft.spec.window'] = torch.ones(512)
