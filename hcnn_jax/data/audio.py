@@ -95,6 +95,8 @@ def _native_stderr_silenced(enabled: bool):
 def _libsndfile_reason(err: Exception) -> str:
   code = getattr(err, 'code', None)
   text = getattr(err, 'error_string', None) or str(err)
+  if code in (1, 7):  # libsndfile's own text for these adds nothing, or misleads
+    return f'not decodable as audio: {_OPEN_ERRORS[code]}'
   if code in _OPEN_ERRORS:
     return f'not decodable as audio: {_OPEN_ERRORS[code]} (libsndfile: {text})'
   return f'not decodable as audio (libsndfile: {text})'
