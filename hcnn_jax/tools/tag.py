@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from typing import Any, Dict, List, Optional, Sequence
 
 from hcnn_jax.data.audio import display_path
@@ -136,8 +137,10 @@ def _run(args, state: Dict[str, Any]) -> int:
     _error(f'cannot load a model from {display_path(where)}: {err}')
     return 2
   state['class_names'] = class_names
+  tagger.check = state['check']
   k = min(args.top_k, len(class_names))
   for path in args.files:
+    state['check']()
     try:
       result = tagger.tag_file(path, quiet=True)
     except Exception as err:  # pylint: disable=broad-except
@@ -176,6 +179,32 @@ def _interrupted(args, state: Dict[str, Any]) -> int:
   return EXIT_INTERRUPTED
 
 
+class _CtrlC:
+  """Ctrl-C that is never lost. Python raises KeyboardInterrupt wherever the signal lands, and
+  where it lands in a gc callback or a __del__ (JAX's _xla_gc_callback, seen) Python prints
+  "Exception ignored" with a traceback and carries on as if nothing happened. So the handler
+  also sets a flag, such unraisable interrupts are dropped silently, and the tagger checks the
+  flag between blocks and files."""
+
+  def __init__(self):
+    self.hit = False
+    self._previous_hook = sys.unraisablehook
+
+  def handler(self, signum, frame):  # pylint: disable=unused-argument
+    self.hit = True
+    raise KeyboardInterrupt
+
+  def check(self) -> None:
+    if self.hit:
+      raise KeyboardInterrupt
+
+  def unraisable(self, info) -> None:
+    if info.exc_type is not None and issubclass(info.exc_type, KeyboardInterrupt):
+      self.hit = True
+      return
+    self._previous_hook(info)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """The console script. Exit codes in the module docstring; 130 after Ctrl-C, with the
   finished results printed. Run as a program (argv None), an interrupted run leaves through
@@ -195,21 +224,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if problem:
       _error(problem)
       return 2
-  state: Dict[str, Any] = {'results': [], 'failures': []}
+  ctrl_c = _CtrlC()
+  state: Dict[str, Any] = {'results': [], 'failures': [], 'check': ctrl_c.check}
+  # Only the main thread may set handlers; a SIGINT ignored by whoever started us stays ignored.
+  main_thread = threading.current_thread() is threading.main_thread()
+  original = signal.getsignal(signal.SIGINT) if main_thread else None
+  if original is signal.default_int_handler:
+    signal.signal(signal.SIGINT, ctrl_c.handler)
+  sys.unraisablehook = ctrl_c.unraisable
   try:
-    return _run(args, state)
-  except KeyboardInterrupt:
-    previous = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the report
     try:
+      code = _run(args, state)
+      ctrl_c.check()  # an interrupt swallowed after the last check
+      return code
+    except KeyboardInterrupt:
+      if main_thread:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the report
       code = _interrupted(args, state)
-    finally:
-      signal.signal(signal.SIGINT, previous)
-    if argv is None:
-      sys.stdout.flush()
-      sys.stderr.flush()
-      os._exit(code)  # pylint: disable=protected-access
-    return code
+      if argv is None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # pylint: disable=protected-access
+      return code
+  finally:
+    sys.unraisablehook = ctrl_c._previous_hook  # pylint: disable=protected-access
+    if main_thread:
+      signal.signal(signal.SIGINT, original)
 
 
 if __name__ == '__main__':

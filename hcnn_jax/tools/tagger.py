@@ -94,6 +94,8 @@ class Tagger:
     self.block_samples = BLOCK_SAMPLES
     # The most samples the rolling buffer held during the last file (bounded by one batch).
     self.peak_buffer = 0
+    # Called between blocks: the CLI raises KeyboardInterrupt there after a lost Ctrl-C.
+    self.check = lambda: None
     predict = tasks.get_task(task).predict
     self.variables = variables
     self._predict = jax.jit(lambda v, x: predict(model.apply(v, x, train=False)))
@@ -124,6 +126,7 @@ class Tagger:
     out: List[np.ndarray] = []
     self.peak_buffer = 0
     for block in blocks:
+      self.check()
       block = np.asarray(block, np.float32)
       if block.ndim != 1:
         raise ValueError(f'audio must be mono, got a block of shape {block.shape}.')

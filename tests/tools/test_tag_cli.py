@@ -180,3 +180,28 @@ def test_sigint_exits_130_without_a_traceback(workdir, tmp_path):
   assert 'Traceback' not in err and lines[0].startswith(f'{first}  (1.00 s')
   assert err.strip().splitlines()[-1] == 'hcnn-tag: error: interrupted: 1 of 2 files tagged'
   assert str(rest) not in lines[0] + out
+
+
+def test_a_ctrl_c_python_would_swallow_is_not_lost(workdir, tmp_path, capsys, monkeypatch):
+  # A KeyboardInterrupt raised inside a gc callback or __del__ (where a real Ctrl-C landed once:
+  # JAX's _xla_gc_callback) is printed by Python as "Exception ignored ..." and then dropped,
+  # and the run went on to exit 0. Here a __del__ raises it while the first file is tagged.
+  files = []
+  for i in range(2):
+    files.append(str(tmp_path / f'f{i}.wav'))
+    sf.write(files[-1], tones(SR), SR)
+
+  class Interrupts:
+    def __del__(self):
+      raise KeyboardInterrupt
+  real = tagger_lib.Tagger.tag_file
+
+  def swallowed(self, path, **kw):
+    result = real(self, path, **kw)
+    Interrupts()  # collected at once: Python reports the exception as unraisable
+    return result
+  monkeypatch.setattr(tagger_lib.Tagger, 'tag_file', swallowed)
+  code, out, err = run(capsys, files + ['--workdir', workdir])
+  assert code == 130
+  assert out.count('(1.00 s, 1 chunk)') == 1 and 'Exception ignored' not in err
+  assert err == 'hcnn-tag: error: interrupted: 1 of 2 files tagged\n'
