@@ -9,7 +9,8 @@ fresh process so that one's peak cannot hide another's, reports the peak residen
 
 - `model_only`: importing JAX and loading the checkpoint, tagging nothing: the floor;
 - `tag_cli`: `hcnn-tag FILE --json` (decode, resample and chunk block by block);
-- `whole_file`: what the tagger did before: `load_audio` of the whole file, then the chunks.
+- `whole_file`: what the tagger did before: soundfile reads every frame, the channels are
+  averaged and soxr resamples the whole track, then the chunks are scored.
 
 `tag_cli` minus `model_only` is what the audio costs; it should not grow with --minutes.
 Never part of the test suite (a long file takes minutes to write and tag on a small CPU).
@@ -37,10 +38,13 @@ SCRIPTS = {
     'tag_cli': ('from hcnn_jax.tools import tag\n'
                 'code = tag.main([sys.argv[2], "--workdir", sys.argv[1], "--json"])\n'
                 'assert code == 0, code\n'),
-    'whole_file': ('from hcnn_jax.data.audio import load_audio\n'
+    # The tagger before block decoding: soundfile reads every frame, then mix-down, then soxr.
+    'whole_file': ('import numpy as np, soundfile as sf, soxr\n'
                    'from hcnn_jax.tools import tagger\n'
                    't, _, _ = tagger.load_tagger(sys.argv[1])\n'
-                   'audio = load_audio(sys.argv[2])\n'
+                   'x, rate = sf.read(sys.argv[2], dtype="float32", always_2d=True)\n'
+                   'x = x.mean(axis=1, keepdims=True)\n'
+                   'audio = np.ascontiguousarray(soxr.resample(x, rate, t.sample_rate)[:, 0])\n'
                    't.block_samples = len(audio)  # one block: the whole file at once\n'
                    'starts, probs = t.tag_waveform(audio)\n'
                    'print(json.dumps({"chunks": len(starts)}))\n'),
