@@ -97,6 +97,9 @@ def _libsndfile_reason(err: Exception) -> str:
   text = getattr(err, 'error_string', None) or str(err)
   if code in (1, 7):  # libsndfile's own text for these adds nothing, or misleads
     return f'not decodable as audio: {_OPEN_ERRORS[code]}'
+  if 'SF_INFO struct incomplete' in text:  # a header whose rate or channel count is impossible
+    return ('not decodable as audio: invalid header (sample rate, channel count or encoding '
+            'out of range)')
   if code in _OPEN_ERRORS:
     return f'not decodable as audio: {_OPEN_ERRORS[code]} (libsndfile: {text})'
   return f'not decodable as audio (libsndfile: {text})'
