@@ -8,8 +8,9 @@ otherwise (a complete file, a header that does not state a length, or a format n
 which libsndfile then judges alone).
 
 The layouts are the formats' public specifications: RIFF/WAVE (Microsoft Multimedia Programming
-Interface, 1991), RF64 (EBU Tech 3306), Sony Wave64, Sun/NeXT AU, AIFF 1.3 / AIFF-C (Apple), EA IFF 85
-(8SVX), Apple CAF, Ogg (RFC 3533) and the Xing/Info header LAME writes in an MP3's first frame.
+Interface, 1991), RF64 (EBU Tech 3306), Sony Wave64, Sun/NeXT AU, AIFF 1.3 / AIFF-C (Apple),
+EA IFF 85 (8SVX), Apple CAF, Ogg (RFC 3533) and the Xing/Info header LAME writes in an MP3's
+first frame.
 """
 from __future__ import annotations
 

@@ -30,8 +30,9 @@ import threading
 from typing import Any, Dict, List, Optional, Sequence
 
 from hcnn_jax.data.audio import display_path
-from hcnn_jax.tools.tagger import (DEFAULT_BATCH_CHUNKS, SAMPLE_RATE, Tagger, TagResult,  # pylint: disable=unused-import
-                                   load_tagger, tagging_starts)
+# Tagger, SAMPLE_RATE and tagging_starts lived here before tagger.py; callers still import them.
+from hcnn_jax.tools.tagger import (  # pylint: disable=unused-import
+    DEFAULT_BATCH_CHUNKS, SAMPLE_RATE, Tagger, TagResult, load_tagger, tagging_starts)
 
 PROG = 'hcnn-tag'
 # What matplotlib's savefig writes; without a known suffix it would append '.png' to the name.
