@@ -33,15 +33,15 @@ _PRELUDE = 'import resource, sys, json\n'
 _REPORT = ("\nprint('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
            "file=sys.stderr)\n")
 SCRIPTS = {
-    'model_only': ('from hcnn_jax.tools import tagger\n'
-                   'tagger.load_tagger(sys.argv[1])\n'),
+    'model_only': ('from hcnn_jax.tools import tag\n'
+                   'tag.load_tagger(sys.argv[1])\n'),
     'tag_cli': ('from hcnn_jax.tools import tag\n'
                 'code = tag.main([sys.argv[2], "--workdir", sys.argv[1], "--json"])\n'
                 'assert code == 0, code\n'),
     # The tagger before block decoding: soundfile reads every frame, then mix-down, then soxr.
     'whole_file': ('import numpy as np, soundfile as sf, soxr\n'
-                   'from hcnn_jax.tools import tagger\n'
-                   't, _, _ = tagger.load_tagger(sys.argv[1])\n'
+                   'from hcnn_jax.tools import tag\n'
+                   't, _, _ = tag.load_tagger(sys.argv[1])\n'
                    'x, rate = sf.read(sys.argv[2], dtype="float32", always_2d=True)\n'
                    'x = x.mean(axis=1, keepdims=True)\n'
                    'audio = np.ascontiguousarray(soxr.resample(x, rate, t.sample_rate)[:, 0])\n'

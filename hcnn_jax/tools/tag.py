@@ -30,14 +30,25 @@ import threading
 from typing import Any, Dict, List, Optional, Sequence
 
 from hcnn_jax.data.audio import display_path
-# Tagger, SAMPLE_RATE and tagging_starts lived here before tagger.py; callers still import them.
+# TagResult and tagging_starts lived here before tagger.py; callers still import them.
 from hcnn_jax.tools.tagger import (  # pylint: disable=unused-import
-    DEFAULT_BATCH_CHUNKS, SAMPLE_RATE, Tagger, TagResult, load_tagger, tagging_starts)
+    DEFAULT_BATCH_CHUNKS, SAMPLE_RATE, Tagger, TagResult, tagging_starts)
 
 PROG = 'hcnn-tag'
 # What matplotlib's savefig writes; without a known suffix it would append '.png' to the name.
 PLOT_FORMATS = ('png', 'pdf', 'svg', 'svgz', 'eps', 'ps', 'jpg', 'jpeg', 'tif', 'tiff', 'webp')
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C'd command
+
+
+def load_tagger(path: str, hop_seconds: Optional[float] = None,
+                batch_chunks: int = DEFAULT_BATCH_CHUNKS):
+  """(Tagger, class_names, config) for a workdir or checkpoint directory."""
+  from hcnn_jax.training import checkpoint  # pylint: disable=import-outside-toplevel
+  model, variables, config, class_names = checkpoint.load_for_inference(path)
+  rate = getattr(getattr(model, 'frontend', None), 'sample_rate', SAMPLE_RATE)
+  tagger = Tagger(model, variables, int(config.input_length), config.get('task') or 'tagging',
+                  hop_seconds=hop_seconds, batch_chunks=batch_chunks, sample_rate=rate)
+  return tagger, class_names, config
 
 
 def _parser() -> argparse.ArgumentParser:

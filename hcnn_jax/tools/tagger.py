@@ -175,13 +175,3 @@ class Tagger:
     centres = (starts + min(self.input_length, total) / 2.0) / self.sample_rate
     return TagResult(os.fsdecode(path), duration, chunk_probs, chunk_probs.mean(axis=0), centres)
 
-
-def load_tagger(path: str, hop_seconds: Optional[float] = None,
-                batch_chunks: int = DEFAULT_BATCH_CHUNKS):
-  """(Tagger, class_names, config) for a workdir or checkpoint directory."""
-  from hcnn_jax.training import checkpoint  # pylint: disable=import-outside-toplevel
-  model, variables, config, class_names = checkpoint.load_for_inference(path)
-  rate = getattr(getattr(model, 'frontend', None), 'sample_rate', SAMPLE_RATE)
-  tagger = Tagger(model, variables, int(config.input_length), config.get('task') or 'tagging',
-                  hop_seconds=hop_seconds, batch_chunks=batch_chunks, sample_rate=rate)
-  return tagger, class_names, config

@@ -49,7 +49,7 @@ def strict(text):
 
 
 def test_blocks_give_the_whole_files_scores_in_bounded_memory(workdir, tmp_path):
-  t, _, _ = tagger_lib.load_tagger(workdir, batch_chunks=2)
+  t, _, _ = tag.load_tagger(workdir, batch_chunks=2)
   path = tmp_path / 'stereo.wav'
   x = np.stack([tones(44100 * 7 + 123, 44100), tones(44100 * 7 + 123, 44100, 0.1)], axis=1)
   sf.write(path, x, 44100, subtype='FLOAT')
