@@ -3,9 +3,11 @@
 A builder subclasses `ManualAudioBuilder`, names its classes and task, and turns the user's
 manual_dir into a list of `Clip`s per split (`_make_splits`). This module decodes each clip with
 `hcnn_jax.data.audio.load_audio` (16 kHz mono), stores it as int16 raw bytes, and skips files that
-fail to decode: each skip is logged as a warning naming the file and the reason, and lands in
+fail, whatever the exception (a bad file, a codec error, a name that is not UTF-8 and cannot be
+stored): each skip is logged as a warning naming the file and the reason, and lands in
 `info.metadata['skipped_files']` / `['skipped']`, which TFDS writes to metadata.json at the end of
-the build (the metadata is saved after every shard has been written, in this process).
+the build (the metadata is saved after every shard has been written, in this process). One file
+never aborts a build.
 
 The builders are `tfds.core.ShardBasedBuilder`s, not `GeneratorBasedBuilder`s: the latter pass
 every example through TFDS's shuffler, which spills a split of more than 1 GB
@@ -31,7 +33,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from hcnn_jax.data.audio import AudioError, load_audio, to_int16
+from hcnn_jax.data.audio import AudioError, display_path, load_audio, to_int16
 
 SAMPLE_RATE = 16000
 TASKS = ('tagging', 'keywords', 'events')
@@ -178,13 +180,16 @@ def decode_clips(clips: Sequence[Clip], num_workers: int = 4
   """(clip, 16 kHz mono float32 audio or None, AudioError or None), in the order of `clips`.
 
   Decoding runs in threads (libsndfile and soxr release the GIL) with a bounded number in
-  flight, so memory stays at a few tracks however long the list.
+  flight, so memory stays at a few tracks however long the list. Any exception decoding one file
+  (not only AudioError: a codec's own error, MemoryError) comes back as that file's AudioError.
   """
   def work(clip):
     try:
       return load_audio(clip.path, sample_rate=SAMPLE_RATE), None
     except AudioError as e:
       return None, e
+    except Exception as e:  # pylint: disable=broad-except
+      return None, AudioError(clip.path, f'cannot be decoded ({type(e).__name__}: {e})')
 
   if num_workers <= 1:
     for clip in clips:
@@ -244,12 +249,14 @@ class ManualAudioBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
     return audio
 
   def skip(self, path: str, reason: str) -> None:
-    """Records a file left out of the build, with a warning naming it."""
+    """Records a file left out of the build, with a warning naming it (bytes of a name that are
+    not UTF-8 shown as \\xNN, so that metadata.json and the log can hold it)."""
     md = self.info.metadata
+    shown, reason = display_path(path), ' '.join(str(reason).split())
     md['skipped_files'] = md.get('skipped_files', 0) + 1
-    md.setdefault('skipped', []).append(f'{path}: {reason}')
+    md.setdefault('skipped', []).append(f'{shown}: {reason}')
     if md['skipped_files'] <= MAX_LOGGED_SKIPS:
-      log.warning('%s: skipping %s: %s', self.name, path, reason)
+      log.warning('%s: skipping %s: %s', self.name, shown, reason)
 
   def _shard_iterators_per_split(self, dl_manager):
     root = manual_dir(dl_manager)
@@ -288,10 +295,26 @@ class ManualAudioBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
     return path if rel.startswith('..') else rel
 
   def _generate_examples(self, clips: Sequence[Clip]):
-    """The examples of one shard, in the order of `clips`; undecodable files are skipped."""
+    """The examples of one shard, in the order of `clips`; a file that fails is skipped."""
     for clip, audio, err in decode_clips(clips, self.DECODE_WORKERS):
       if err is not None:
         self.skip(self._relative(err.path), err.reason)
         continue
-      yield clip.key, {'audio': to_int16(self._transform(audio)), 'labels': clip.labels,
-                       'id': clip.id}
+      try:
+        example = {'audio': to_int16(self._transform(audio)), 'labels': clip.labels,
+                   'id': _utf8(clip.id)}
+        key = _utf8(clip.key)
+      except Exception as e:  # pylint: disable=broad-except
+        self.skip(self._relative(clip.path), f'cannot be stored ({type(e).__name__}: {e})')
+        continue
+      yield key, example
+
+
+def _utf8(text: str) -> str:
+  """`text` if TFDS can encode it; names made from file names that are not UTF-8 (str with
+  surrogate escapes) get their undecodable bytes written as \\xNN instead."""
+  try:
+    text.encode('utf-8')
+    return text
+  except UnicodeEncodeError:
+    return display_path(text)

@@ -3,131 +3,41 @@
     hcnn-tag FILE... (--workdir DIR | --checkpoint PATH) [--top_k 5] [--json] [--plot out.png]
                      [--hop_seconds S] [--batch_chunks N]
 
-Any format soundfile decodes (wav, flac, ogg, mp3), any sample rate (resampled with soxr), mono
-or multi-channel (averaged), any length. A file shorter than the model's chunk is zero-padded at
-the end; a longer one is covered by overlapping chunks, `hop_seconds` apart (default half a chunk)
-with one more chunk flush with the end, and the per-chunk scores are averaged (the reference's
-track-level rule, reference 4.5, with a regular hop instead of 16 chunks, so that a 10-minute
-file is covered evenly). The reference's own demo scored a single centre chunk (4.7).
+Any format soundfile decodes (wav, flac, ogg, mp3, aiff, au, caf, w64, ...), any sample rate
+(resampled with soxr), mono or multi-channel (averaged), any length: files are decoded, resampled
+and cut into chunks block by block, so memory stays bounded by one batch of chunks whatever the
+length (`hcnn_jax.tools.tagger` says how the chunks cover a file and how their scores are
+averaged). The reference's own demo scored a single centre chunk (reference 4.7).
 
-Chunks are scored in batches of at most `batch_chunks` (a power of two); a short last batch is
-padded to the next power of two, so a file of any length compiles at most log2(batch_chunks) + 1
-shapes and memory stays bounded by one batch whatever the length.
+A bad file gets one line on stderr naming it and saying what is wrong, whatever went wrong, and
+the other files are still tagged. File names that are not UTF-8 are shown with their undecodable
+bytes as \\xNN, in text and JSON. No NaN score is ever printed: a file whose scores are not finite
+is reported as an error. The JSON output is strict (RFC 8259: no NaN or Infinity tokens).
 
-Exit codes: 0 all files tagged, 1 some file could not be read (a one-line error on stderr for
-each, the others are still tagged), 2 usage errors (bad flags, no loadable checkpoint).
+Exit codes: 0 all files tagged, 1 some file could not be tagged, 2 usage errors (bad flags, a
+--plot path that cannot be written, no loadable checkpoint), 130 interrupted (Ctrl-C): the
+results finished so far are printed first (in --json mode, as a complete JSON document with
+"interrupted": true).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
 import sys
+import threading
 from typing import Any, Dict, List, Optional, Sequence
 
-import numpy as np
-
-from hcnn_jax.data.audio import AudioError, load_audio
+from hcnn_jax.data.audio import display_path
+# TagResult and tagging_starts lived here before tagger.py; callers still import them.
+from hcnn_jax.tools.tagger import (  # pylint: disable=unused-import
+    DEFAULT_BATCH_CHUNKS, SAMPLE_RATE, Tagger, TagResult, tagging_starts)
 
 PROG = 'hcnn-tag'
-SAMPLE_RATE = 16000
-DEFAULT_BATCH_CHUNKS = 16
-
-
-def tagging_starts(num_samples: int, input_length: int, hop_length: int) -> np.ndarray:
-  """Chunk starts covering a track: 0, hop, 2·hop, ... and a last chunk ending at the track's end.
-
-  A track no longer than one chunk has the single start 0 (it is zero-padded at the end).
-  """
-  if input_length < 1 or hop_length < 1:
-    raise ValueError(f'input_length and hop_length must be >= 1, got {input_length}, '
-                     f'{hop_length}.')
-  last = num_samples - input_length
-  if last <= 0:
-    return np.zeros((1,), np.int64)
-  starts = np.arange(0, last + 1, hop_length, dtype=np.int64)
-  if starts[-1] != last:
-    starts = np.append(starts, last)
-  return starts
-
-
-def _bucket(n: int, cap: int) -> int:
-  """The smallest power of two >= n, at most cap (itself a power of two)."""
-  return min(cap, 1 << max(0, int(n) - 1).bit_length())
-
-
-@dataclasses.dataclass
-class TagResult:
-  """Scores of one file: per chunk (num_chunks, C), their mean (C,), chunk centres in seconds."""
-  path: str
-  duration: float
-  chunk_probs: np.ndarray
-  probs: np.ndarray
-  times: np.ndarray
-
-  def top(self, class_names: Sequence[str], k: int):
-    order = np.argsort(-self.probs, kind='stable')[:k]
-    return [(class_names[i], float(self.probs[i])) for i in order]
-
-
-class Tagger:
-  """Scores waveforms or files with one model; jitted once per chunk-batch shape.
-
-  Args:
-    model, variables: a model mapping waveform (B, L) to logits, and its variables.
-    input_length: samples per chunk (the model's training crop).
-    task: 'tagging' / 'events' (sigmoid scores) or 'keywords' (softmax).
-    hop_seconds: distance between chunk starts; None = half a chunk.
-    batch_chunks: most chunks per model call (rounded down to a power of two).
-  """
-
-  def __init__(self, model, variables, input_length: int, task: str = 'tagging',
-               hop_seconds: Optional[float] = None, batch_chunks: int = DEFAULT_BATCH_CHUNKS,
-               sample_rate: int = SAMPLE_RATE):
-    import jax  # pylint: disable=import-outside-toplevel
-    from hcnn_jax import tasks  # pylint: disable=import-outside-toplevel
-    if hop_seconds is not None and not hop_seconds > 0:
-      raise ValueError(f'hop_seconds must be positive, got {hop_seconds}.')
-    if batch_chunks < 1:
-      raise ValueError(f'batch_chunks must be >= 1, got {batch_chunks}.')
-    self.input_length = int(input_length)
-    self.sample_rate = int(sample_rate)
-    self.hop_length = (max(1, self.input_length // 2) if hop_seconds is None
-                       else max(1, int(round(hop_seconds * self.sample_rate))))
-    self.batch_chunks = 1 << (int(batch_chunks).bit_length() - 1)
-    predict = tasks.get_task(task).predict
-    self.variables = variables
-    self._predict = jax.jit(lambda v, x: predict(model.apply(v, x, train=False)))
-
-  def tag_waveform(self, audio: np.ndarray):
-    """(starts (n,), chunk probabilities (n, C)) of a mono waveform at the model's rate."""
-    audio = np.asarray(audio, dtype=np.float32)
-    if audio.ndim != 1 or audio.shape[0] == 0:
-      raise ValueError(f'audio must be a non-empty mono waveform, got shape {audio.shape}.')
-    if audio.shape[0] < self.input_length:
-      audio = np.pad(audio, (0, self.input_length - audio.shape[0]))
-    starts = tagging_starts(audio.shape[0], self.input_length, self.hop_length)
-    offsets = np.arange(self.input_length)[None, :]
-    out = []
-    for b in range(0, len(starts), self.batch_chunks):
-      batch_starts = starts[b:b + self.batch_chunks]
-      size = _bucket(len(batch_starts), self.batch_chunks)
-      chunks = np.zeros((size, self.input_length), np.float32)
-      # Gather only this batch's chunks: a long file is never materialised as all its chunks.
-      chunks[:len(batch_starts)] = audio[batch_starts[:, None] + offsets]
-      probs = np.asarray(self._predict(self.variables, chunks))
-      out.append(probs[:len(batch_starts)])
-    return starts, np.concatenate(out, axis=0)
-
-  def tag_file(self, path: str) -> TagResult:
-    """Decodes, resamples and scores one file; AudioError (a ValueError) if it is not audio."""
-    audio = load_audio(path, self.sample_rate)
-    starts, chunk_probs = self.tag_waveform(audio)
-    duration = audio.shape[0] / self.sample_rate
-    centres = (starts + min(self.input_length, audio.shape[0]) / 2.0) / self.sample_rate
-    return TagResult(os.fspath(path), duration, chunk_probs, chunk_probs.mean(axis=0), centres)
+# What matplotlib's savefig writes; without a known suffix it would append '.png' to the name.
+PLOT_FORMATS = ('png', 'pdf', 'svg', 'svgz', 'eps', 'ps', 'jpg', 'jpeg', 'tif', 'tiff', 'webp')
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C'd command
 
 
 def load_tagger(path: str, hop_seconds: Optional[float] = None,
@@ -143,15 +53,22 @@ def load_tagger(path: str, hop_seconds: Optional[float] = None,
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog=PROG, description='Tag audio files with a trained hcnn-jax model.')
-  parser.add_argument('files', nargs='+', metavar='FILE', help='audio files (wav, flac, ogg, mp3)')
+      prog=PROG, description='Tag audio files with a trained hcnn-jax model.',
+      epilog='A file whose name starts with "-" is read as an option: put the files after "--" '
+             '(hcnn-tag --workdir runs/x -- -x.wav) or write ./-x.wav. Exit codes: 0 all files '
+             'tagged, 1 some file could not be, 2 usage errors, 130 interrupted (the results '
+             'finished so far are printed).')
+  parser.add_argument('files', nargs='+', metavar='FILE',
+                      help='audio files (wav, flac, ogg, mp3, aiff, ... anything libsndfile reads)')
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument('--workdir', help='training workdir (its best checkpoint is used)')
   source.add_argument('--checkpoint',
                       help='a checkpoint directory (best/, checkpoints/, or a step)')
   parser.add_argument('--top_k', type=int, default=5, help='tags printed per file (default 5)')
   parser.add_argument('--json', action='store_true', help='print JSON instead of text')
-  parser.add_argument('--plot', metavar='PNG', help='draw a tagogram (tags × time) of every file')
+  parser.add_argument('--plot', metavar='FILE.png',
+                      help='draw a tagogram (tags × time) of every file into this image file '
+                           f'(its folder must exist; suffix one of {", ".join(PLOT_FORMATS)})')
   parser.add_argument('--hop_seconds', type=float, default=None,
                       help='distance between chunk starts (default: half a chunk)')
   parser.add_argument('--batch_chunks', type=int, default=DEFAULT_BATCH_CHUNKS,
@@ -159,8 +76,26 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
+def plot_path_problem(path: str) -> Optional[str]:
+  """Why `path` cannot take the --plot image, or None. Checked before any file is tagged."""
+  shown = display_path(path)
+  if os.path.isdir(path):
+    return (f'--plot {shown} is a folder; give an image file name, e.g. '
+            f'{display_path(os.path.join(path, "tagogram.png"))}')
+  suffix = os.path.splitext(path)[1].lower().lstrip('.')
+  if suffix not in PLOT_FORMATS:
+    return f'--plot {shown} needs a file name ending in .{" / .".join(PLOT_FORMATS[:3])} (or ' \
+           f'{", ".join("." + f for f in PLOT_FORMATS[3:])})'
+  parent = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(parent):
+    return f'--plot {shown}: the folder {display_path(parent)} does not exist'
+  if not os.access(parent, os.W_OK):
+    return f'--plot {shown}: the folder {display_path(parent)} is not writable'
+  return None
+
+
 def _text(result: TagResult, class_names: Sequence[str], k: int) -> str:
-  lines = [f'{result.path}  ({result.duration:.2f} s, {len(result.times)} chunk'
+  lines = [f'{display_path(result.path)}  ({result.duration:.2f} s, {len(result.times)} chunk'
            f'{"s" if len(result.times) != 1 else ""})']
   width = max(len(name) for name, _ in result.top(class_names, k))
   for rank, (name, score) in enumerate(result.top(class_names, k), 1):
@@ -170,7 +105,7 @@ def _text(result: TagResult, class_names: Sequence[str], k: int) -> str:
 
 def _json_entry(result: TagResult, class_names: Sequence[str], k: int) -> Dict[str, Any]:
   return {
-      'file': result.path,
+      'file': display_path(result.path),
       'duration_seconds': round(result.duration, 4),
       'num_chunks': int(len(result.times)),
       'top': [{'tag': name, 'score': round(score, 6)} for name, score in
@@ -180,10 +115,114 @@ def _json_entry(result: TagResult, class_names: Sequence[str], k: int) -> Dict[s
 
 
 def _error(message: str) -> None:
-  print(f'{PROG}: error: {" ".join(str(message).split())}', file=sys.stderr)
+  print(f'{PROG}: error: {" ".join(str(message).split())}', file=sys.stderr, flush=True)
+
+
+def _file_error(path: str, err: Exception) -> str:
+  """One line naming the file: AudioError says it already; anything else gets its type."""
+  from hcnn_jax.data.audio import AudioError  # pylint: disable=import-outside-toplevel
+  if isinstance(err, AudioError):
+    return ' '.join(str(err).split())
+  what = f'{type(err).__name__}: {err}' if str(err) else type(err).__name__
+  return ' '.join(f'{display_path(path)}: cannot be tagged ({what})'.split())
+
+
+def _dump_json(results, failures, class_names, k: int, interrupted: bool) -> str:
+  report: Dict[str, Any] = {'results': [_json_entry(r, class_names, k) for r in results],
+                            'errors': failures}
+  if interrupted:
+    report['interrupted'] = True
+  # allow_nan=False: a strict parser rejects NaN/Infinity tokens, so none may be written. The
+  # tagger refuses non-finite scores; this is the guard should one slip through.
+  return json.dumps(report, indent=2, allow_nan=False)
+
+
+def _run(args, state: Dict[str, Any]) -> int:
+  """Tags every file; `state` keeps what is finished, for the caller to print on Ctrl-C."""
+  # Orbax reports read-only managers at WARNING through absl; a user tagging files needs none.
+  logging.getLogger('absl').setLevel(logging.ERROR)
+  where = args.workdir or args.checkpoint
+  try:
+    tagger, class_names, _ = load_tagger(where, args.hop_seconds, args.batch_chunks)
+  except Exception as err:  # pylint: disable=broad-except
+    # Whatever is wrong with the checkpoint directory, the user gets one line, not a traceback.
+    _error(f'cannot load a model from {display_path(where)}: {err}')
+    return 2
+  state['class_names'] = class_names
+  tagger.check = state['check']
+  k = min(args.top_k, len(class_names))
+  for path in args.files:
+    state['check']()
+    try:
+      result = tagger.tag_file(path, quiet=True)
+    except Exception as err:  # pylint: disable=broad-except
+      # One bad file never takes down the others, whatever went wrong with it.
+      message = _file_error(path, err)
+      _error(message)
+      state['failures'].append({'file': display_path(path), 'error': message})
+      continue
+    state['results'].append(result)
+    if not args.json:
+      print(_text(result, class_names, k), flush=True)
+  if args.json:
+    report = _dump_json(state['results'], state['failures'], class_names, k, False)
+    state['printed'] = True
+    print(report, flush=True)
+  if args.plot and state['results']:
+    from hcnn_jax.tools import plots  # pylint: disable=import-outside-toplevel
+    try:
+      plots.save_tagograms(args.plot, [(display_path(os.path.basename(r.path)), r.chunk_probs,
+                                        r.times) for r in state['results']], class_names)
+    except (OSError, ValueError) as err:
+      _error(f'cannot write the plot {display_path(args.plot)}: {err}')
+      return 2
+  return 1 if state['failures'] else 0
+
+
+def _interrupted(args, state: Dict[str, Any]) -> int:
+  """Prints what was finished before Ctrl-C and one line saying so."""
+  results, failures = state['results'], state['failures']
+  if args.json and not state.get('printed'):
+    names = state.get('class_names') or []
+    print(_dump_json(results, failures, names, min(args.top_k, max(len(names), 1)), True),
+          flush=True)
+  _error(f'interrupted: {len(results)} of {len(args.files)} files tagged'
+         f'{", " + str(len(failures)) + " failed" if failures else ""}')
+  return EXIT_INTERRUPTED
+
+
+class _CtrlC:
+  """Ctrl-C that is never lost. Python raises KeyboardInterrupt wherever the signal lands, and
+  where it lands in a gc callback or a __del__ (JAX's _xla_gc_callback, seen) Python prints
+  "Exception ignored" with a traceback and carries on as if nothing happened. So the handler
+  also sets a flag, such unraisable interrupts are dropped silently, and the tagger checks the
+  flag between blocks and files."""
+
+  def __init__(self):
+    self.hit = False
+    self._previous_hook = sys.unraisablehook
+
+  def handler(self, signum, frame):  # pylint: disable=unused-argument
+    self.hit = True
+    raise KeyboardInterrupt
+
+  def check(self) -> None:
+    if self.hit:
+      raise KeyboardInterrupt
+
+  def unraisable(self, info) -> None:
+    if info.exc_type is not None and issubclass(info.exc_type, KeyboardInterrupt):
+      self.hit = True
+      return
+    self._previous_hook(info)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  """The console script. Exit codes in the module docstring; 130 after Ctrl-C, with the
+  finished results printed. Run as a program (argv None), an interrupted run leaves through
+  os._exit: tearing the interpreter down while XLA may still be compiling on other threads
+  segfaulted."""
+  import signal  # pylint: disable=import-outside-toplevel
   parser = _parser()
   args = parser.parse_args(argv)  # usage errors exit 2 here
   if args.top_k < 1:
@@ -192,41 +231,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.error(f'--hop_seconds must be positive, got {args.hop_seconds}')
   if args.batch_chunks < 1:
     parser.error(f'--batch_chunks must be >= 1, got {args.batch_chunks}')
-  # Orbax reports read-only managers at WARNING through absl; a user tagging files needs none.
-  logging.getLogger('absl').setLevel(logging.ERROR)
-  where = args.workdir or args.checkpoint
-  try:
-    tagger, class_names, _ = load_tagger(where, args.hop_seconds, args.batch_chunks)
-  except Exception as err:  # pylint: disable=broad-except
-    # Whatever is wrong with the checkpoint directory, the user gets one line, not a traceback.
-    _error(f'cannot load a model from {where}: {err}')
-    return 2
-  results: List[TagResult] = []
-  failures: List[Dict[str, str]] = []
-  for path in args.files:
-    try:
-      result = tagger.tag_file(path)
-    except (AudioError, ValueError, OSError) as err:
-      message = str(err) if isinstance(err, AudioError) else f'{path}: {err}'
-      _error(message)
-      failures.append({'file': path, 'error': ' '.join(message.split())})
-      continue
-    results.append(result)
-    if not args.json:
-      print(_text(result, class_names, min(args.top_k, len(class_names))), flush=True)
-  k = min(args.top_k, len(class_names))
-  if args.json:
-    print(json.dumps({'results': [_json_entry(r, class_names, k) for r in results],
-                      'errors': failures}, indent=2))
-  if args.plot and results:
-    from hcnn_jax.tools import plots  # pylint: disable=import-outside-toplevel
-    try:
-      plots.save_tagograms(args.plot, [(os.path.basename(r.path), r.chunk_probs, r.times)
-                                       for r in results], class_names)
-    except OSError as err:
-      _error(f'cannot write the plot {args.plot}: {err}')
+  if args.plot is not None:
+    problem = plot_path_problem(args.plot)
+    if problem:
+      _error(problem)
       return 2
-  return 1 if failures else 0
+  ctrl_c = _CtrlC()
+  state: Dict[str, Any] = {'results': [], 'failures': [], 'check': ctrl_c.check}
+  # Only the main thread may set handlers; a SIGINT ignored by whoever started us stays ignored.
+  main_thread = threading.current_thread() is threading.main_thread()
+  original = signal.getsignal(signal.SIGINT) if main_thread else None
+  if original is signal.default_int_handler:
+    signal.signal(signal.SIGINT, ctrl_c.handler)
+  sys.unraisablehook = ctrl_c.unraisable
+  try:
+    try:
+      code = _run(args, state)
+      ctrl_c.check()  # an interrupt swallowed after the last check
+      return code
+    except KeyboardInterrupt:
+      if main_thread:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the report
+      code = _interrupted(args, state)
+      if argv is None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # pylint: disable=protected-access
+      return code
+  finally:
+    sys.unraisablehook = ctrl_c._previous_hook  # pylint: disable=protected-access
+    if main_thread:
+      signal.signal(signal.SIGINT, original)
 
 
 if __name__ == '__main__':
