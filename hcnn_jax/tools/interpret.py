@@ -1,14 +1,16 @@
 """What a trained model looks at: its learned filterbank, saliency, attention and tag contributions.
 
     python -m hcnn_jax.tools.interpret filters      --workdir DIR --out OUT
-    python -m hcnn_jax.tools.interpret saliency     --workdir DIR --audio FILE... [--tag T] --out OUT
+    python -m hcnn_jax.tools.interpret saliency     --workdir DIR --audio FILE... [--tag T] \
+        --out OUT
     python -m hcnn_jax.tools.interpret attention    --workdir DIR --audio FILE... --out OUT
     python -m hcnn_jax.tools.interpret contribution --workdir DIR --audio FILE... --out OUT
     [--start_seconds S] picks the chunk of each file (default: its start).
 
-The command line lives in `interpret_cli`, the figures in `interpret_plots`. Each command writes PNGs and the arrays behind them (.npz) into OUT:
-saliency one figure per file, attention and contribution one row per file; a file that cannot
-be read is named on stderr and the exit code is 1. The functions return arrays:
+The command line lives in `interpret_cli`, the figures in `interpret_plots`. Each command writes
+PNGs and the arrays behind them (.npz) into OUT: saliency one figure per file, attention and
+contribution one row per file; a file that cannot be read is named on stderr and the exit code
+is 1. The functions return arrays:
 
 - `filterbank_state(model, variables)`: the harmonic filterbank before training (the config's
   initial Q, α, β and f0 grid) and after (the checkpoint's), with the filter responses;
