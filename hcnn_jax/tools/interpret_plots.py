@@ -80,7 +80,7 @@ def filterbank_figure(state: Dict[str, Any], source: str = ''):
     ax.set_ylabel('frequency (Hz)')
     fig.colorbar(im, ax=ax, fraction=0.04, label='filter weight')
   ax = axes[1, 0]
-  picks = sorted({0, level // 4, level // 2, (3 * level) // 4, level - 1})
+  picks = sorted({0, level // 2, level - 1})  # low, middle, top: more curves would tangle
   for color, m in zip(_colors(len(picks)), picks):
     for h in range(n_h):
       j = h * level + m
@@ -96,7 +96,7 @@ def filterbank_figure(state: Dict[str, Any], source: str = ''):
                '(solid learned, dashed initial)', fontsize=10)
   ax.set_xlabel('frequency (Hz)')
   ax.set_ylabel('filter weight')
-  ax.legend(fontsize=7, loc='upper left', framealpha=0.8)
+  ax.legend(fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.13), ncol=len(picks) + 1)
   ax = axes[1, 1]
   shift = 12.0 * np.log2(learned['f0'] / init['f0'])
   ax.plot(init['f0'], shift, '.-', lw=0.8)
@@ -132,16 +132,17 @@ def saliency_figure(result: Dict[str, Any], class_names: Sequence[str], span: Se
   extent = (float(span[0]), float(span[1]), -0.5, feats.shape[0] - 0.5)
   limit = float(np.max(np.abs(sal))) or 1.0
   ticks = pitch_ticks(rows_hz) if rows_hz is not None else None
-  fig = plots.new_figure(3.6 * channels + 1.2, 6.4, layout='constrained')
-  axes = fig.subplots(2, channels, squeeze=False)
+  # One row per harmonic: its tensor slice on the left, its saliency on the right.
+  fig = plots.new_figure(10.0, 0.6 + 2.4 * channels, layout='constrained')
+  axes = fig.subplots(channels, 2, squeeze=False)
   for c in range(channels):
     part = f'harmonic {c + 1}' if harmonic else f'channel {c + 1}'
     if harmonic and c > 0:
       part += f' (energy at {c + 1}·f0)'
-    for row, (image, name, cmap, lims, label) in enumerate((
+    for column, (image, name, cmap, lims, label) in enumerate((
         (feats[:, :, c], result['kind'], 'magma', (None, None), 'level (dB)'),
         (sal[:, :, c], 'saliency', 'RdBu_r', (-limit, limit), 'd logit / d input (per dB)'))):
-      ax = axes[row, c]
+      ax = axes[c, column]
       im = ax.imshow(image, aspect='auto', interpolation='nearest', origin='lower', cmap=cmap,
                      vmin=lims[0], vmax=lims[1], extent=extent)
       ax.set_title(f'{name}: {part}', fontsize=9)

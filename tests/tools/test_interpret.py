@@ -108,7 +108,7 @@ def test_filters_before_and_after_training(workdir, tmp_path, figures):
   assert [t.get_text() for t in bank_ax.get_xticklabels()] == ['harmonic 1', 'harmonic 2']
   dashed = [l for l in responses_ax.get_lines() if l.get_linestyle() == '--']
   solid = [l for l in responses_ax.get_lines() if l.get_linestyle() == '-']
-  assert len(dashed) == len(solid) == 5 * 2  # 5 fundamentals × 2 harmonics
+  assert len(dashed) == len(solid) == 3 * 2  # 3 fundamentals × 2 harmonics
   assert min(l.get_zorder() for l in dashed) > max(l.get_zorder() for l in solid)
   assert all((l.get_alpha() or 1.0) == 1.0 for l in dashed)
   assert 'initial (dashed)' in [t.get_text() for t in responses_ax.get_legend().get_texts()]
