@@ -1,12 +1,16 @@
 """What a trained model looks at: its learned filterbank, saliency, attention and tag contributions.
 
     python -m hcnn_jax.tools.interpret filters      --workdir DIR --out OUT
-    python -m hcnn_jax.tools.interpret saliency     --workdir DIR --audio FILE [--tag T] --out OUT
+    python -m hcnn_jax.tools.interpret saliency     --workdir DIR --audio FILE... [--tag T] \
+        --out OUT
     python -m hcnn_jax.tools.interpret attention    --workdir DIR --audio FILE... --out OUT
-    python -m hcnn_jax.tools.interpret contribution --workdir DIR --audio FILE --out OUT
-    [--start_seconds S] picks the chunk of a long file (default: its start).
+    python -m hcnn_jax.tools.interpret contribution --workdir DIR --audio FILE... --out OUT
+    [--start_seconds S] picks the chunk of each file (default: its start).
 
-Each command writes a PNG and the arrays behind it (.npz) into OUT. The functions return arrays:
+The command line lives in `interpret_cli`, the figures in `interpret_plots`. Each command writes
+PNGs and the arrays behind them (.npz) into OUT: saliency one figure per file, attention and
+contribution one row per file; a file that cannot be read is named on stderr and the exit code
+is 1. The functions return arrays:
 
 - `filterbank_state(model, variables)`: the harmonic filterbank before training (the config's
   initial Q, α, β and f0 grid) and after (the checkpoint's), with the filter responses;
@@ -26,12 +30,9 @@ its fields), so repeated calls on the same model compile once.
 """
 from __future__ import annotations
 
-import argparse
 import functools
-import logging
-import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional
 
 import flax.linen as nn
 import jax
@@ -43,7 +44,6 @@ from hcnn_jax.frontends.harmonic import (HarmonicFrontend, harmonic_filterbank,
 from hcnn_jax.frontends.stft import amplitude_to_db, fft_frequencies
 from hcnn_jax.models import blocks
 
-PROG = 'python -m hcnn_jax.tools.interpret'
 COMMANDS = ('filters', 'saliency', 'attention', 'contribution')
 
 
@@ -119,54 +119,6 @@ def filterbank_state(model, variables) -> Dict[str, Any]:
   return out
 
 
-def plot_filterbank(state: Dict[str, Any], path: str) -> str:
-  from hcnn_jax.tools import plots  # pylint: disable=import-outside-toplevel
-  freqs, level, n_h = state['frequencies'], state['level'], state['n_harmonic']
-  init, learned = state['initial'], state['learned']
-  fig = plots.new_figure(13.0, 8.0, layout='constrained')
-  axes = fig.subplots(2, 2)
-  for ax, (title, s) in zip(axes[0], (('initial', init), ('learned', learned))):
-    im = ax.imshow(s['filterbank'], aspect='auto', origin='lower', interpolation='nearest',
-                   cmap='viridis', vmin=0, vmax=1,
-                   extent=(-0.5, n_h * level - 0.5, freqs[0], freqs[-1]))
-    for h in range(1, n_h):
-      ax.axvline(h * level - 0.5, color='w', lw=0.5, alpha=0.6)
-    ax.set_title(f'{title} filterbank: Q={s["q"]:.4f}, α={s["alpha"]:.4f}, β={s["beta"]:.2f}')
-    ax.set_xlabel(f'filter (harmonic-major: {n_h} harmonics × {level} fundamentals)')
-    ax.set_ylabel('frequency (Hz)')
-    fig.colorbar(im, ax=ax, fraction=0.04)
-  ax = axes[1, 0]
-  picks = sorted({0, level // 4, level // 2, (3 * level) // 4, level - 1})
-  colors = plots_colors(len(picks))
-  for color, m in zip(colors, picks):
-    for h in range(n_h):
-      j = h * level + m
-      label = f'f0 {init["f0"][m]:.0f} Hz' if h == 0 else None
-      ax.plot(freqs, init['filterbank'][:, j], '--', color=color, lw=0.8, alpha=0.7)
-      ax.plot(freqs, learned['filterbank'][:, j], '-', color=color, lw=1.2, label=label)
-  ax.set_title('responses of the harmonics of 5 fundamentals (dashed initial, solid learned)')
-  ax.set_xlabel('frequency (Hz)')
-  ax.set_ylabel('weight')
-  ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.0, 1.0))
-  ax = axes[1, 1]
-  shift = 12.0 * np.log2(learned['f0'] / init['f0'])
-  ax.plot(init['f0'], shift, '.-', lw=0.8)
-  ax.set_xscale('log')
-  ax.set_xlabel('initial f0 (Hz)')
-  ax.set_ylabel('learned f0 − initial (semitones)')
-  ax.set_title('fundamentals: Q {:.4f} → {:.4f}, α {:.4f} → {:.4f}, β {:.2f} → {:.2f}'.format(
-      init['q'], learned['q'], init['alpha'], learned['alpha'], init['beta'], learned['beta']),
-      fontsize=9)
-  ax.grid(alpha=0.3)
-  return plots.save(fig, path)
-
-
-def plots_colors(n: int) -> List[Any]:
-  from matplotlib import colormaps  # pylint: disable=import-outside-toplevel
-  cmap = colormaps['tab10']
-  return [cmap(i % 10) for i in range(n)]
-
-
 # ------------------------------------------------------------------------------------ saliency
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -226,29 +178,6 @@ def saliency(model, variables, audio, class_index: Optional[int] = None) -> Dict
           else f'{type(model.frontend).__name__} output')
   return {'features': np.asarray(features)[0], 'saliency': np.asarray(grad)[0],
           'class_index': int(chosen), 'logits': np.asarray(logits), 'kind': kind}
-
-
-def plot_saliency(result: Dict[str, Any], class_names: Sequence[str], span: Sequence[float],
-                  path: str) -> str:
-  """Harmonic tensor and saliency per channel; `span` = (start, end) of the chunk in seconds."""
-  from hcnn_jax.tools import plots  # pylint: disable=import-outside-toplevel
-  feats, sal = result['features'], result['saliency']
-  channels = feats.shape[-1]
-  extent = (float(span[0]), float(span[1]), -0.5, feats.shape[0] - 0.5)
-  limit = float(np.max(np.abs(sal))) or 1.0
-  panels = []
-  for c in range(channels):
-    panels.append({'image': feats[:, :, c], 'title': f'{result["kind"]}: channel {c + 1}',
-                   'extent': extent, 'xlabel': 'time (s)', 'ylabel': 'pitch bin',
-                   'cmap': 'magma', 'colorbar': 'dB'})
-  for c in range(channels):
-    panels.append({'image': sal[:, :, c], 'title': f'saliency: channel {c + 1}', 'extent': extent,
-                   'xlabel': 'time (s)', 'ylabel': 'pitch bin', 'cmap': 'RdBu_r',
-                   'vmin': -limit, 'vmax': limit, 'colorbar': 'd logit / d input'})
-  tag = class_names[result['class_index']]
-  return plots.save_image_grid(path, panels, ncols=channels,
-                               suptitle=f'saliency of "{tag}" (logit '
-                                        f'{result["logits"][result["class_index"]]:.3f})')
 
 
 # ----------------------------------------------------------------------------------- attention
@@ -363,137 +292,29 @@ def _count_tokens(model, variables, x) -> int:
   return int(weights.shape[-1]) - 1
 
 
-def plot_attention(items: Sequence[Dict[str, Any]], class_names: Sequence[str],
-                   path: str) -> str:
-  """One panel per file: layers × time heatmap of [CLS] attention, titled with its top tags."""
-  from hcnn_jax.tools import plots  # pylint: disable=import-outside-toplevel
-  panels = []
-  for item in items:
-    times = item['times']
-    step = float(times[1] - times[0]) if len(times) > 1 else 2 * float(times[0])
-    top = np.argsort(-item['probs'])[:3]
-    tags = ', '.join(f'{class_names[i]} {item["probs"][i]:.2f}' for i in top)
-    panels.append({'image': item['scores'], 'origin': 'upper', 'cmap': 'viridis',
-                   'extent': (times[0] - step / 2, times[-1] + step / 2,
-                              item['scores'].shape[0] - 0.5, -0.5),
-                   'title': f'{item.get("name", "")}: {tags}', 'xlabel': 'time (s)',
-                   'yticklabels': [f'layer {i + 1}' for i in range(item['scores'].shape[0])],
-                   'colorbar': '[CLS] attention (heads averaged)'})
-  return plots.save_image_grid(path, panels, ncols=1, panel_size=(10.0, 2.2),
-                               suptitle='attention from [CLS] to each time step')
+# ------------------------------------------------------------------------------ feature axes
 
-
-def plot_contribution(result: Dict[str, Any], class_names: Sequence[str], path: str,
-                      max_tags: int = 50) -> str:
-  from hcnn_jax.tools import plots  # pylint: disable=import-outside-toplevel
-  fig = plots.new_figure(10.0, 1.5 + 0.2 * min(max_tags, len(class_names)), layout='constrained')
-  ax = fig.subplots()
-  im = plots.tagogram_axes(ax, result['contribution'].T, result['times'], class_names,
-                           title=f'tag-wise contribution (layer {result["layer"] + 1}: [CLS] '
-                                 'attention forced onto one time step)', max_tags=max_tags,
-                           vmin=float(result['contribution'].min()),
-                           vmax=float(result['contribution'].max()))
-  fig.colorbar(im, ax=ax, fraction=0.03, label='tag probability')
-  return plots.save(fig, path)
-
-
-# ----------------------------------------------------------------------------------------- CLI
-
-def _chunk(path: str, input_length: int, start_seconds: float, sample_rate: int) -> np.ndarray:
-  from hcnn_jax.data.audio import load_audio  # pylint: disable=import-outside-toplevel
-  audio = load_audio(path, sample_rate)
-  start = int(round(start_seconds * sample_rate))
-  if start < 0 or (start >= audio.shape[0] and start > 0):
-    raise ValueError(f'--start_seconds {start_seconds} is outside {path} '
-                     f'({audio.shape[0] / sample_rate:.2f} s)')
-  chunk = audio[start:start + input_length]
-  return np.pad(chunk, (0, input_length - chunk.shape[0]))
-
-
-def run_command(command: str, path: str, out_dir: str, audio_files: Sequence[str] = (),
-                start_seconds: float = 0.0, tag: Optional[str] = None) -> List[str]:
-  """Runs one interpretation command on the checkpoint at `path`; returns the files written."""
-  from hcnn_jax.training import checkpoint  # pylint: disable=import-outside-toplevel
-  if command not in COMMANDS:
-    raise ValueError(f'unknown command {command!r}; use one of {COMMANDS}')
-  if command != 'filters' and not audio_files:
-    raise ValueError(f'{command} needs --audio FILE')
-  model, variables, config, class_names = checkpoint.load_for_inference(path)
-  rate = getattr(model.frontend, 'sample_rate', 16000)
-  length = int(config.input_length)
-  os.makedirs(out_dir, exist_ok=True)
-  written = []
-
-  def save_npz(name, **arrays):
-    target = os.path.join(out_dir, f'{name}.npz')
-    np.savez(target, **arrays)
-    written.append(target)
-
-  if command == 'filters':
-    state = filterbank_state(model, variables)
-    save_npz('filters', frequencies=state['frequencies'],
-             **{f'{k}_{n}': np.asarray(v) for k in ('initial', 'learned')
-                for n, v in state[k].items()})
-    written.append(plot_filterbank(state, os.path.join(out_dir, 'filters.png')))
-    return written
-  if command == 'saliency':
-    index = None
-    if tag is not None:
-      if tag not in class_names:
-        raise ValueError(f'--tag {tag!r} is not a class of this model: {class_names}')
-      index = class_names.index(tag)
-    audio = _chunk(audio_files[0], length, start_seconds, rate)
-    result = saliency(model, variables, audio, index)
-    save_npz('saliency', features=result['features'], saliency=result['saliency'],
-             logits=result['logits'], class_index=result['class_index'])
-    span = (start_seconds, start_seconds + length / rate)
-    written.append(plot_saliency(result, class_names, span,
-                                 os.path.join(out_dir, 'saliency.png')))
-    return written
-  if command == 'attention':
-    items = []
-    for f in audio_files:
-      item = attention_scores(model, variables, _chunk(f, length, start_seconds, rate), rate)
-      item['name'] = os.path.basename(f)
-      item['times'] = item['times'] + start_seconds  # seconds in the file
-      items.append(item)
-    save_npz('attention', **{f'scores_{i}': it['scores'] for i, it in enumerate(items)},
-             times=items[0]['times'], files=np.asarray([os.fspath(f) for f in audio_files]))
-    written.append(plot_attention(items, class_names, os.path.join(out_dir, 'attention.png')))
-    return written
-  result = tag_contribution(model, variables, _chunk(audio_files[0], length, start_seconds, rate),
-                            sample_rate=rate)
-  result['times'] = result['times'] + start_seconds
-  save_npz('contribution', contribution=result['contribution'], times=result['times'],
-           probs=result['probs'])
-  written.append(plot_contribution(result, class_names, os.path.join(out_dir,
-                                                                     'contribution.png')))
-  return written
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split('\n')[0])
-  parser.add_argument('command', choices=COMMANDS)
-  source = parser.add_mutually_exclusive_group(required=True)
-  source.add_argument('--workdir', help='training workdir (its best checkpoint)')
-  source.add_argument('--checkpoint', help='a checkpoint directory')
-  parser.add_argument('--audio', nargs='+', default=[], help='audio file(s) to interpret')
-  parser.add_argument('--start_seconds', type=float, default=0.0,
-                      help='where the analysed chunk starts in the file')
-  parser.add_argument('--tag', default=None, help='saliency: the tag to explain (default: top)')
-  parser.add_argument('--out', required=True, help='output directory for PNGs and .npz')
-  args = parser.parse_args(argv)
-  logging.getLogger('absl').setLevel(logging.ERROR)
-  try:
-    written = run_command(args.command, args.workdir or args.checkpoint, args.out, args.audio,
-                          args.start_seconds, args.tag)
-  except ValueError as err:  # bad checkpoint, audio, tag or model kind: one line
-    print(f'interpret: error: {" ".join(str(err).split())}', file=sys.stderr)
-    return 2
-  for path in written:
-    print(path)
-  return 0
+def feature_rows_hz(model, variables):
+  """(frequency in Hz of each row of `saliency`'s features or None, what the rows are)."""
+  from hcnn_jax.frontends import mel, modules  # pylint: disable=import-outside-toplevel
+  frontend = getattr(model, 'frontend', None)
+  if _harmonic_frontend(model) is not None:
+    f0 = frontend.filters(variables['params']['frontend'])[0]
+    return np.asarray(f0, np.float64), 'fundamental f0'
+  if isinstance(frontend, modules.MelFrontend):
+    f_max = frontend.f_max or frontend.sample_rate / 2.0
+    edges = mel.mel_to_hz(np.linspace(mel.hz_to_mel(frontend.f_min, frontend.htk),
+                                      mel.hz_to_mel(f_max, frontend.htk), frontend.n_mels + 2),
+                          frontend.htk)
+    return np.asarray(edges[1:-1], np.float64), 'mel band centre'
+  if isinstance(frontend, modules.LinearFrontend):
+    return fft_frequencies(frontend.sample_rate, frontend.n_fft), 'frequency'
+  if isinstance(frontend, modules.CQTFrontend):
+    bins = np.arange(frontend.n_bins)
+    return frontend.fmin * 2.0 ** (bins / frontend.bins_per_octave), 'frequency'
+  return None, 'feature row'
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  from hcnn_jax.tools import interpret_cli  # pylint: disable=import-outside-toplevel
+  sys.exit(interpret_cli.main())

@@ -6,7 +6,7 @@ drawing never opens a window, needs no display and leaves pyplot's global state 
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -95,35 +95,4 @@ def save_grouped_bars(path: str, groups: Sequence[str], series: Dict[str, Sequen
   ax.set_title(title)
   ax.legend(loc='upper left', bbox_to_anchor=(1.0, 1.0), fontsize=8)
   ax.grid(axis='y', alpha=0.3)
-  return save(fig, path)
-
-
-def save_image_grid(path: str, panels: List[Dict], ncols: int, suptitle: str = '',
-                    panel_size: Tuple[float, float] = (3.2, 2.6)) -> str:
-  """A grid of images; each panel is a dict with `image` (rows, cols) and optional `title`,
-  `extent`, `xlabel`, `ylabel`, `cmap`, `vmin`, `vmax`, `colorbar` (label), `origin`."""
-  if not panels:
-    raise ValueError('no panel to draw')
-  ncols = max(1, min(ncols, len(panels)))
-  nrows = -(-len(panels) // ncols)
-  fig = new_figure(panel_size[0] * ncols, panel_size[1] * nrows + (0.4 if suptitle else 0.0))
-  axes = fig.subplots(nrows, ncols, squeeze=False)
-  for ax in axes.reshape(-1)[len(panels):]:
-    ax.set_axis_off()
-  for ax, panel in zip(axes.reshape(-1), panels):
-    im = ax.imshow(np.asarray(panel['image']), aspect='auto', interpolation='nearest',
-                   origin=panel.get('origin', 'lower'), cmap=panel.get('cmap', 'viridis'),
-                   vmin=panel.get('vmin'), vmax=panel.get('vmax'), extent=panel.get('extent'))
-    ax.set_title(panel.get('title', ''), fontsize=9)
-    ax.set_xlabel(panel.get('xlabel', ''), fontsize=8)
-    ax.set_ylabel(panel.get('ylabel', ''), fontsize=8)
-    ax.tick_params(labelsize=7)
-    if panel.get('yticklabels') is not None:
-      ax.set_yticks(range(len(panel['yticklabels'])))
-      ax.set_yticklabels(panel['yticklabels'], fontsize=7)
-    if panel.get('colorbar'):
-      fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).set_label(panel['colorbar'], fontsize=7)
-  if suptitle:
-    fig.suptitle(suptitle)
-  fig.tight_layout()
   return save(fig, path)

@@ -291,7 +291,9 @@ def write_report(results: Dict[str, Dict[str, Any]], out_dir: str, metric_keys: 
   with open(paths['md'], 'w') as f:
     f.write('\n'.join(lines) + '\n')
   labels = {'roc_auc': 'ROC-AUC', 'pr_auc': 'PR-AUC', 'accuracy': 'accuracy'}
-  plots.save_grouped_bars(paths['png'], [r['perturbation'] for r in rows],
+  # Every bar group says how many tracks it scores: a --max_tracks look is not a full study.
+  groups = [f'{r["perturbation"]} ({r["num_tracks"]} tracks)' for r in rows]
+  plots.save_grouped_bars(paths['png'], groups,
                           {labels.get(k, k): [r[k] for r in rows] for k in metric_keys},
                           ylabel='score', title=f'Robustness: {title}', ylim=(0.0, 1.05))
   return paths

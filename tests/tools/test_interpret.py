@@ -1,8 +1,10 @@
 """Interpretation tools: filterbank before/after training, saliency on the harmonic tensor,
-[CLS] attention maps and the tag-wise contribution of the self-attention back-end."""
+[CLS] attention maps and the tag-wise contribution of the self-attention back-end, and what their
+figures say (read off the matplotlib Figure objects the CLI saves)."""
 from __future__ import annotations
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +15,7 @@ import soundfile as sf
 
 from hcnn_jax.configs import base
 from hcnn_jax.models import get_model
-from hcnn_jax.tools import import_torch, interpret
+from hcnn_jax.tools import import_torch, interpret, interpret_cli, interpret_plots, plots
 from hcnn_jax.training import checkpoint
 
 import _trained  # tests/tools/_trained.py
@@ -38,6 +40,30 @@ def clip(tmp_path_factory):
   return path
 
 
+@pytest.fixture
+def figures(monkeypatch):
+  """{file name: Figure} of every PNG written through plots.save during the test."""
+  saved = {}
+  real_save = plots.save
+
+  def save(fig, path):
+    saved[os.path.basename(path)] = fig
+    return real_save(fig, path)
+
+  monkeypatch.setattr(plots, 'save', save)
+  return saved
+
+
+def colorbar_labels(fig):
+  """The label of every image's colour bar (a missing bar is None)."""
+  return [im.colorbar.ax.get_ylabel() if im.colorbar is not None else None
+          for ax in fig.axes for im in ax.images]
+
+
+def titles(fig):
+  return [ax.get_title() for ax in fig.axes if ax.get_title()]
+
+
 @pytest.fixture(scope='module')
 def attention_run(tmp_path_factory):
   """A tiny self-attention model written as a checkpoint (initial weights: the maps' mechanics
@@ -56,8 +82,8 @@ def attention_run(tmp_path_factory):
   return path
 
 
-def test_filters_before_and_after_training(workdir, tmp_path):
-  written = interpret.run_command('filters', workdir, str(tmp_path))
+def test_filters_before_and_after_training(workdir, tmp_path, figures):
+  written = interpret_cli.run_command('filters', workdir, str(tmp_path))
   assert [os.path.basename(p) for p in written] == ['filters.npz', 'filters.png']
   assert os.path.getsize(tmp_path / 'filters.png') > 20_000
   model, variables, _, _ = checkpoint.load_for_inference(workdir)
@@ -73,9 +99,22 @@ def test_filters_before_and_after_training(workdir, tmp_path):
   assert (widths[1] >= widths[0]) == (learned_q <= 1.0)
   with np.load(tmp_path / 'filters.npz') as saved:
     np.testing.assert_allclose(saved['learned_filterbank'], state['learned']['filterbank'])
+  # The figure: labelled colour bars, harmonics named on the axes, the checkpoint in the title,
+  # and the dashed initial responses drawn over the solid learned ones (visible where equal).
+  fig = figures['filters.png']
+  assert colorbar_labels(fig) == ['filter weight'] * 2
+  assert os.path.normpath(workdir) in fig.get_suptitle()
+  bank_ax, responses_ax = fig.axes[0], fig.axes[2]
+  assert [t.get_text() for t in bank_ax.get_xticklabels()] == ['harmonic 1', 'harmonic 2']
+  dashed = [l for l in responses_ax.get_lines() if l.get_linestyle() == '--']
+  solid = [l for l in responses_ax.get_lines() if l.get_linestyle() == '-']
+  assert len(dashed) == len(solid) == 3 * 2  # 3 fundamentals × 2 harmonics
+  assert min(l.get_zorder() for l in dashed) > max(l.get_zorder() for l in solid)
+  assert all((l.get_alpha() or 1.0) == 1.0 for l in dashed)
+  assert 'initial (dashed)' in [t.get_text() for t in responses_ax.get_legend().get_texts()]
 
 
-def test_saliency_is_the_gradient_of_the_model(workdir, clip, tmp_path):
+def test_saliency_is_the_gradient_of_the_model(workdir, clip, tmp_path, figures):
   model, variables, _, _ = checkpoint.load_for_inference(workdir)
   audio = np.pad(sf.read(clip, dtype='float32')[0][:SR], (0, 0))
   result = interpret.saliency(model, variables, audio)
@@ -101,13 +140,33 @@ def test_saliency_is_the_gradient_of_the_model(workdir, clip, tmp_path):
   moved = logit(result['features'] + step * np.sign(sal)) - logit(result['features'])
   assert moved == pytest.approx(step * np.abs(sal).sum(), rel=0.2)
 
-  written = interpret.run_command('saliency', workdir, str(tmp_path), [clip], tag='tone_02')
-  assert os.path.getsize(written[-1]) > 20_000
-  with np.load(tmp_path / 'saliency.npz') as saved:
+  # Every --audio file is used (one figure each); an unreadable one is refused by name.
+  other = str(tmp_path / 'other.wav')
+  sf.write(other, sf.read(clip, dtype='float32')[0][::-1], SR)
+  refused = []
+  written = interpret_cli.run_command('saliency', workdir, str(tmp_path / 'out'),
+                                      [clip, other, str(tmp_path / 'gone.wav')], tag='tone_02',
+                                      refused=refused)
+  assert [os.path.basename(p) for p in written] == [
+      'saliency_clip.npz', 'saliency_clip.png', 'saliency_other.npz', 'saliency_other.png']
+  assert len(refused) == 1 and 'gone.wav' in refused[0]
+  assert os.path.getsize(written[1]) > 20_000
+  with np.load(tmp_path / 'out' / 'saliency_clip.npz') as saved:
     assert int(saved['class_index']) == 2
+  for name in ('clip.wav', 'other.wav'):
+    fig = figures[f'saliency_{name[:-4]}.png']
+    assert fig.get_suptitle().startswith(name) and '"tone_02"' in fig.get_suptitle()
+    assert all(label for label in colorbar_labels(fig)) and len(colorbar_labels(fig)) == 4
+    assert sorted(titles(fig)) == sorted([
+        'harmonic tensor (dB): harmonic 1', 'harmonic tensor (dB): harmonic 2 (energy at 2·f0)',
+        'saliency: harmonic 1', 'saliency: harmonic 2 (energy at 2·f0)'])
+    # Pitch in Hz and note names, on the C rows of the fundamentals' grid (C1 = 32.7 Hz).
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels[:3] == ['65 Hz C2', '131 Hz C3', '262 Hz C4'], labels
+    assert fig.axes[0].get_ylabel() == 'fundamental f0'
 
 
-def test_attention_scores_and_tag_contribution(attention_run, clip, tmp_path):
+def test_attention_scores_and_tag_contribution(attention_run, clip, tmp_path, figures):
   model, variables, _, class_names = checkpoint.load_for_inference(attention_run)
   audio = sf.read(clip, dtype='float32')[0][:SR]
   scores = interpret.attention_scores(model, variables, audio)
@@ -128,10 +187,31 @@ def test_attention_scores_and_tag_contribution(attention_run, clip, tmp_path):
   first = interpret.tag_contribution(model, variables, audio, layer=0)['contribution']
   assert not np.allclose(first, contribution)
 
+  other = str(tmp_path / 'other.wav')
+  sf.write(other, audio[::-1], SR)
   for command in ('attention', 'contribution'):
-    written = interpret.run_command(command, attention_run, str(tmp_path), [clip, clip][:1 + (
-        command == 'attention')])
+    written = interpret_cli.run_command(command, attention_run, str(tmp_path), [clip, other])
     assert written[-1].endswith(f'{command}.png') and os.path.getsize(written[-1]) > 10_000
+    fig = figures[f'{command}.png']
+    assert [t.split(':')[0] for t in titles(fig)] == ['clip.wav', 'other.wav']  # a row per file
+    assert len(colorbar_labels(fig)) == 2 and all(colorbar_labels(fig))
+    with np.load(tmp_path / f'{command}.npz') as saved:
+      assert list(saved['files']) == [clip, other]
+  # The mel front-end's saliency: rows are mel bands, labelled with their centres in Hz.
+  interpret_cli.run_command('saliency', attention_run, str(tmp_path), [clip])
+  fig = figures['saliency_clip.png']
+  assert fig.axes[0].get_title() == 'MelFrontend output: channel 1'
+  labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+  assert len(labels) >= 4 and all(re.fullmatch(r'\d+ Hz', t) for t in labels), labels
+
+
+def test_pitch_ticks_and_note_names():
+  assert interpret_plots.note_name(440.0) == 'A4'
+  assert interpret_plots.note_name(440.0 * 2 ** (0.5 / 12)) == 'A4+50¢'
+  f0 = 32.703 * 2 ** (np.arange(166) / 24)  # C1 upwards, 2 per semitone
+  rows, labels = interpret_plots.pitch_ticks(f0)
+  assert rows == [0, 24, 48, 72, 96, 120, 144] and labels[0] == '33 Hz C1'
+  assert labels[-1] == '2093 Hz C7'
 
 
 def test_cli_errors_are_one_line(workdir, attention_run, clip, tmp_path, capsys):
@@ -140,10 +220,19 @@ def test_cli_errors_are_one_line(workdir, attention_run, clip, tmp_path, capsys)
            ['saliency', '--workdir', workdir],  # no audio
            ['saliency', '--workdir', workdir, '--audio', clip, '--tag', 'banjo'],
            ['saliency', '--workdir', workdir, '--audio', str(tmp_path / 'missing.wav')],
-           ['filters', '--workdir', str(tmp_path / 'nowhere')]]
+           ['filters', '--workdir', str(tmp_path / 'nowhere')],
+           ['filters', '--workdir', workdir, '--audio', clip]]  # filters uses no audio
   for argv in cases:
-    assert interpret.main(argv + ['--out', str(tmp_path)]) == 2, argv
+    assert interpret_cli.main(argv + ['--out', str(tmp_path)]) == 2, argv
     err = capsys.readouterr().err
     assert err.startswith('interpret: error:') and err.count('\n') == 1, err
-  assert interpret.main(['filters', '--workdir', workdir, '--out', str(tmp_path / 'ok')]) == 0
+  assert 'drop --audio' in err and clip in err  # the last case names the file it refuses
+  assert interpret_cli.main(['filters', '--workdir', workdir, '--out', str(tmp_path / 'ok')]) == 0
   assert capsys.readouterr().out.strip().endswith('filters.png')
+  # One unreadable file among good ones: the others are drawn, it is named, exit code 1.
+  missing = str(tmp_path / 'missing.wav')
+  assert interpret_cli.main(['attention', '--workdir', attention_run, '--audio', clip, missing,
+                             '--out', str(tmp_path / 'some')]) == 1
+  out, err = capsys.readouterr()
+  assert err == f'interpret: skipped: {missing}: file not found\n'
+  assert out.strip().endswith('attention.png')

@@ -109,3 +109,20 @@ def test_subset_and_bad_arguments(workdir, tmp_path):
   other.dataset.config_name = 'tracks=8,classes=3,samples=20000'
   with pytest.raises(ValueError, match='classes'):
     robustness.evaluate_robustness(other, workdir, out_dir=str(tmp_path))
+
+
+def test_plot_names_the_track_count_of_each_bar(tmp_path, monkeypatch):
+  """A --max_tracks look scores fewer tracks than the full study: each bar group says how many."""
+  from hcnn_jax.tools import plots  # pylint: disable=import-outside-toplevel
+  figures = []
+  real_save = plots.save
+  monkeypatch.setattr(plots, 'save', lambda fig, path: figures.append(fig) or real_save(fig, path))
+  results = {'original': {'roc_auc': 0.8, 'pr_auc': 0.5, 'num_tracks': 8},
+             'noise_0.4': {'roc_auc': 0.7, 'pr_auc': float('nan'), 'num_tracks': 3}}
+  paths = robustness.write_report(results, str(tmp_path), ['roc_auc', 'pr_auc'], title='t')
+  assert os.path.getsize(paths['png']) > 5_000 and len(figures) == 1
+  ax = figures[0].axes[0]
+  assert [t.get_text() for t in ax.get_xticklabels()] == ['original (8 tracks)',
+                                                         'noise_0.4 (3 tracks)']
+  assert [t.get_text() for t in ax.get_legend().get_texts()] == ['ROC-AUC', 'PR-AUC']
+  assert 'n/a' in [t.get_text() for t in ax.texts]  # the NaN bar says so instead of 0.000
