@@ -12,11 +12,14 @@ One run, in order (reference section 4):
 4. the best checkpoint is evaluated on `final_eval_split` (test): `metrics.json`, `per_class.csv`
    and `per_class.md`.
 
-Guards: the step never applies a non-finite update and records the first bad step in
-`state.nonfinite_step`; the host reads it at every log step, before every save and at every epoch
-end, and stops with `FloatingPointError` naming the step and the last good checkpoint, which no
-poisoned state ever overwrites. Pending asynchronous saves are always finished before returning or
-raising.
+Guards: the step never applies an update that is non-finite or leaves a non-finite leaf in the
+state, and records the first bad step in `state.nonfinite_step`; the host reads it at every log
+step, before every save and at every epoch end, and stops with `FloatingPointError` naming the
+step and the last good checkpoint, which no poisoned state ever overwrites (every save also checks
+the whole state on the device). A resume skips damaged or non-finite checkpoints with a warning,
+sets them aside in `checkpoints.damaged/` and continues from the newest intact one; it may run on
+other devices or processes than the saved run. Pending asynchronous saves are always finished
+before returning or raising.
 
 Outputs in the workdir: `config.json`, `checkpoints/`, `best/`, `metrics.csv`, `tensorboard/`,
 `metrics.json`, `per_class.csv`, `per_class.md`.
@@ -41,6 +44,7 @@ from hcnn_jax.data import in_memory, pipeline, sources
 from hcnn_jax.training import checkpoint as ckpt_lib
 from hcnn_jax.training import config_check, optim, parallel, schedule
 from hcnn_jax.training import state as state_lib
+from hcnn_jax.training import step as step_lib
 from hcnn_jax.training import writers
 
 log = logging.getLogger(__name__)
@@ -199,7 +203,51 @@ def _fresh_book() -> Dict[str, Any]:
 
 def _meta(book: Dict[str, Any], class_names: List[str], task: tasks.Task) -> Dict[str, Any]:
   return {'bookkeeping': dict(book), 'class_names': list(class_names), 'task': task.kind,
-          'selection_metric': task.selection_metric, 'selection_mode': task.selection_mode}
+          'selection_metric': task.selection_metric, 'selection_mode': task.selection_mode,
+          'topology': ckpt_lib.topology()}
+
+
+_state_finite = jax.jit(step_lib.all_finite)
+
+
+def _warn_topology_change(saved: Optional[Dict[str, int]], path: str) -> None:
+  now = ckpt_lib.topology()
+  if not saved or saved == now:
+    return
+  data = ('the data iterator restarts, so the data order changes'
+          if saved.get('process_count') != now['process_count'] else
+          'the data order is kept')
+  log.warning('Resuming %s, written by %s process(es) x %s device(s), on %d x %d: dropout masks '
+              '(drawn per device) and float reductions change and %s; the run is no longer an '
+              'exact continuation.', path, saved.get('process_count'), saved.get('device_count'),
+              now['process_count'], now['device_count'], data)
+
+
+def _restore_intact(ckpts: ckpt_lib.RunCheckpoints, make_state: Callable[[int], Any]
+                    ) -> Tuple[Optional[int], Any, Optional[bytes], Optional[Dict[str, Any]]]:
+  """`(step, state, data_state, meta)` of the newest periodic checkpoint that reads back whole and
+  finite (all None when there is none). Newer ones that do not are set aside with a warning, so
+  that the resumed run can write those steps again. `make_state(phase)` is the restore target."""
+  skipped = []
+  found = (None, None, None, None)
+  for step in sorted(ckpts.periodic.all_steps(), reverse=True):
+    path = ckpts.path(step)
+    try:
+      meta = ckpts.restore_meta(step)
+      state, data_state, _ = ckpts.restore(make_state(meta['bookkeeping']['phase']), step)
+      if not bool(jax.device_get(_state_finite(state))):
+        raise ckpt_lib.CheckpointError(f'checkpoint {path} holds non-finite values')
+    except (ckpt_lib.CheckpointError, KeyError, TypeError) as err:
+      log.warning('Not resuming from %s: %s', path, ckpt_lib.one_line(err))
+      skipped.append(step)
+      continue
+    found = (step, state, data_state, meta)
+    break
+  if skipped:
+    moved = ckpts.set_aside(skipped)
+    log.warning('Set aside %s; resuming from %s.', moved,
+                ckpts.path(found[0]) if found[0] is not None else 'scratch (no intact checkpoint)')
+  return found
 
 
 class _Guard:
@@ -208,15 +256,18 @@ class _Guard:
   def __init__(self, ckpts: ckpt_lib.RunCheckpoints):
     self.ckpts = ckpts
 
-  def check(self, state: state_lib.TrainState) -> None:
+  def check(self, state: state_lib.TrainState, *, whole: bool = False) -> None:
+    """Raises if a step was non-finite; `whole` also checks every leaf of `state` (before a
+    save: whatever produced the state, a non-finite one is never written)."""
     bad = int(jax.device_get(state.nonfinite_step))
-    if bad < 0:
+    if bad < 0 and not (whole and not bool(jax.device_get(_state_finite(state)))):
       return
     self.ckpts.wait()
     last = self.ckpts.path(self.ckpts.latest_step())
     where = last or 'none (the failure came before the first checkpoint)'
-    raise FloatingPointError(f'non-finite loss or gradient at step {bad}; last good checkpoint: '
-                             f'{where}')
+    what = (f'non-finite loss, gradient or updated state at step {bad}' if bad >= 0 else
+            f'non-finite values in the state at step {int(jax.device_get(state.step))}')
+    raise FloatingPointError(f'{what}; last good checkpoint: {where}')
 
 
 def _enter_phase(index: int, phase_list: List[schedule.Phase], previous: Optional[int],
@@ -231,11 +282,16 @@ def _enter_phase(index: int, phase_list: List[schedule.Phase], previous: Optiona
       log.warning('Phase %d asks to reload the best weights, but no epoch had a usable '
                   'validation score yet; continuing with the current ones.', index)
     else:
-      variables, _ = ckpts.restore_best({'params': state.params,
-                                         'batch_stats': state.batch_stats})
-      state = state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
-      logged['schedule/reloaded_best_step'] = float(ckpts.best_step())
-      log.info('Phase %d: reloaded the best weights (step %d).', index, ckpts.best_step())
+      try:
+        variables, _ = ckpts.restore_best({'params': state.params,
+                                           'batch_stats': state.batch_stats})
+      except ckpt_lib.CheckpointError as err:
+        log.warning('Phase %d cannot reload the best weights (%s); continuing with the current '
+                    'ones.', index, err)
+      else:
+        state = state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
+        logged['schedule/reloaded_best_step'] = float(ckpts.best_step())
+        log.info('Phase %d: reloaded the best weights (step %d).', index, ckpts.best_step())
   entry = optim.enter_phase(new, prev, state.params, state.opt_state)
   state = parallel.replicate(state.replace(opt_state=entry.opt_state), mesh)
   log.info('Phase %d from epoch %d: %s lr %g (%s).', index, new.start_epoch, new.optimizer_name,
@@ -281,24 +337,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                                                            or 2))
   writer = None
   try:
-    latest = ckpts.latest_step()
     book = _fresh_book()
     rng = jax.random.PRNGKey(int(config.seed))
-    data_state = None
+
+    def fresh_state(phase: int):
+      # Also the restore target on resume: structure (the saved phase's optimiser state), dtypes
+      # and the replicated sharding on this run's devices, whatever devices wrote the checkpoint.
+      tx = optim.make_optimizer(phase_list[phase])
+      return parallel.replicate(
+          state_lib.create_train_state(model, tx, rng, int(config.input_length)), mesh)
+
+    latest, state, data_state, saved_meta = _restore_intact(ckpts, fresh_state)
     if latest is None:
       book['phase'] = 0
+      state = fresh_state(0)
     else:
-      saved_meta = ckpts.restore_meta(latest)
       book.update(saved_meta['bookkeeping'])
       _warn_config_changes(saved_meta.get('config'), config)
-    # On resume the fresh state is the restore target: structure (the saved phase's optimiser
-    # state), dtypes and the replicated sharding.
-    tx = optim.make_optimizer(phase_list[book['phase']])
-    state = parallel.replicate(
-        state_lib.create_train_state(model, tx, rng, int(config.input_length)), mesh)
-    if latest is not None:
-      state, data_state, _ = ckpts.restore(state, latest)
+      _warn_topology_change(saved_meta.get('topology'), ckpts.path(latest))
       log.info('Resumed from %s (epoch %d done).', ckpts.path(latest), book['epochs_done'])
+    tx = optim.make_optimizer(phase_list[book['phase']])
 
     if config.get('data_in_memory'):
       t = time.time()
@@ -322,7 +380,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     num_epochs = int(config.num_epochs)
 
     def save(state):
-      guard.check(state)  # never overwrite the last good checkpoint with a poisoned state
+      guard.check(state, whole=True)  # never overwrite the last good checkpoint with a poisoned state
       ckpts.save(step, state, data_state=data_iter.get_state(),
                  meta=_meta(book, class_names, task), config=config)
 
@@ -384,11 +442,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     # Final evaluation of the best weights (the last ones if no epoch had a usable score).
     split = config.get('final_eval_split') or 'test'
     eval_source, _ = _load_split(config, split)
+    variables = None
     if ckpts.best_step() is not None:
-      variables, _ = ckpts.restore_best(state_lib.variables(state))
-      used = ckpts.best_path()
+      try:
+        variables, _ = ckpts.restore_best(state_lib.variables(state))
+        used = ckpts.best_path()
+      except ckpt_lib.CheckpointError as err:
+        log.warning('%s; evaluating the last state instead.', err)
     else:
       log.warning('No best checkpoint (no usable validation score); evaluating the last state.')
+    if variables is None:
       variables, used = state_lib.variables(state), ckpts.path(ckpts.latest_step())
     result = _evaluate_source(eval_fn, variables, eval_source, config, task, class_names, mesh,
                               desc=split)

@@ -28,7 +28,8 @@ def _tree_select(pred: jnp.ndarray, on_true: PyTree, on_false: PyTree) -> PyTree
   return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
-def _all_finite(tree: PyTree) -> jnp.ndarray:
+def all_finite(tree: PyTree) -> jnp.ndarray:
+  """One boolean scalar: every float leaf of `tree` is finite (XLA fuses the reductions)."""
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
             if jnp.issubdtype(x.dtype, jnp.inexact)]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
@@ -66,8 +67,10 @@ def train_step(state: TrainState, batch: Dict[str, jnp.ndarray], *, model: nn.Mo
   """One optimiser step on this device's shard `{'audio': (b, L), 'labels': (b, C)}`.
 
   Gradients, loss and BatchNorm statistics are averaged over `axis_name`, so every device ends
-  with the same state. A step whose loss or averaged gradients are not finite changes nothing but
-  `step` (and `nonfinite_step`, the first time), so one bad batch cannot poison the parameters.
+  with the same state. A step whose loss or averaged gradients are not finite, or whose update
+  would leave a non-finite parameter, BatchNorm statistic or optimiser slot (finite gradients
+  times a huge learning rate overflow), changes nothing but `step` (and `nonfinite_step`, the first
+  time): the state never holds a non-finite leaf, so no checkpoint of it can.
   Returns the new state and `{'loss', 'grad_norm', 'finite'}` (global values, `finite` 1.0 or 0.0).
   """
 
@@ -87,9 +90,12 @@ def train_step(state: TrainState, batch: Dict[str, jnp.ndarray], *, model: nn.Mo
   # a model without `bn_axis_name` from leaving the devices with different statistics.
   grads, loss, batch_stats = pmean_flat((grads, loss, batch_stats), axis_name)
 
-  finite = jnp.logical_and(jnp.isfinite(loss), _all_finite(grads))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  # The new state is checked on the device, one fused reduction returned with the step; the
+  # gradients too, since an optimiser may map a non-finite gradient to finite updates.
+  finite = jnp.logical_and(jnp.isfinite(loss),
+                           all_finite((grads, params, opt_state, batch_stats)))
   new_state = state.replace(
       step=state.step + 1,
       params=_tree_select(finite, params, state.params),
