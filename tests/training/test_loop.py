@@ -226,7 +226,8 @@ def test_nan_stops_training_naming_the_step_and_keeps_last_good_checkpoint(tmp_p
   workdir = str(tmp_path / 'run')
   last_good = os.path.join(workdir, 'checkpoints', '2')
   with pytest.raises(FloatingPointError,
-                     match=rf'non-finite loss or gradient at step 3; last good checkpoint: '
+                     match=rf'non-finite loss, gradient or updated state at step 3; last good '
+                           rf'checkpoint: '
                            rf'{last_good}$'):
     loop.train_and_evaluate(config, workdir)
   # The guard fired at the log step 4, before saving it; the checkpoint it names restores finite.
