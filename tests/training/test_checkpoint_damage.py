@@ -7,6 +7,7 @@ holding inf (what an older guard let through) is written with our own `RunCheckp
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -123,3 +124,31 @@ def test_resume_skips_a_checkpoint_holding_non_finite_values(run, tmp_path, capl
     poisoned = state.replace(params=jax.tree.map(lambda x: x * np.inf, state.params))
     ckpts.save(4, poisoned, data_state=data_state, meta=meta, config=config)
   _resume_and_compare(run, workdir, caplog, 'holds non-finite values')
+
+
+def test_resume_from_another_process_count_restarts_the_data_iterator(run, tmp_path, caplog):
+  """A checkpoint written by 2 processes holds `process_{i}-of-2.json` iterator states, none for
+  a single process; its meta records the 2 processes. Built here from a 1-process checkpoint by
+  giving its data/ and meta/ exactly those names and values (a 2-process run needs a cluster)."""
+  workdir = _copy(run, tmp_path)
+  step_dir = os.path.join(workdir, 'checkpoints', '4')
+  data = os.path.join(step_dir, 'data')
+  state = os.path.join(data, 'process_0-of-1.json')
+  for index in (0, 1):
+    shutil.copy(state, os.path.join(data, f'process_{index}-of-2.json'))
+  os.remove(state)
+  meta_path = os.path.join(step_dir, 'meta', 'metadata')
+  with open(meta_path) as f:
+    meta = json.load(f)
+  meta['topology'] = {'process_count': 2, 'device_count': 4}
+  with open(meta_path, 'w') as f:
+    json.dump(meta, f)
+  config = _config()
+  config.num_epochs = 2
+  with caplog.at_level(logging.WARNING, logger=loop.__name__):
+    loop.train_and_evaluate(config, workdir)
+  warnings = ' '.join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+  assert 'written by 2 process(es) x 4 device(s), on 1 x 1' in warnings, warnings
+  assert 'the data iterator restarts, so the data order changes' in warnings, warnings
+  with ckpt_lib.RunCheckpoints(workdir) as ckpts:
+    assert ckpts.latest_step() == 8
