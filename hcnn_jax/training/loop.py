@@ -44,7 +44,7 @@ from hcnn_jax.data import in_memory, pipeline, sources
 from hcnn_jax.training import checkpoint as ckpt_lib
 from hcnn_jax.training import config_check, optim, parallel, schedule
 from hcnn_jax.training import state as state_lib
-from hcnn_jax.training import step as step_lib
+from hcnn_jax.training import resume
 from hcnn_jax.training import writers
 
 log = logging.getLogger(__name__)
@@ -207,49 +207,6 @@ def _meta(book: Dict[str, Any], class_names: List[str], task: tasks.Task) -> Dic
           'topology': ckpt_lib.topology()}
 
 
-_state_finite = jax.jit(step_lib.all_finite)
-
-
-def _warn_topology_change(saved: Optional[Dict[str, int]], path: str) -> None:
-  now = ckpt_lib.topology()
-  if not saved or saved == now:
-    return
-  data = ('the data iterator restarts, so the data order changes'
-          if saved.get('process_count') != now['process_count'] else
-          'the data order is kept')
-  log.warning('Resuming %s, written by %s process(es) x %s device(s), on %d x %d: dropout masks '
-              '(drawn per device) and float reductions change and %s; the run is no longer an '
-              'exact continuation.', path, saved.get('process_count'), saved.get('device_count'),
-              now['process_count'], now['device_count'], data)
-
-
-def _restore_intact(ckpts: ckpt_lib.RunCheckpoints, make_state: Callable[[int], Any]
-                    ) -> Tuple[Optional[int], Any, Optional[bytes], Optional[Dict[str, Any]]]:
-  """`(step, state, data_state, meta)` of the newest periodic checkpoint that reads back whole and
-  finite (all None when there is none). Newer ones that do not are set aside with a warning, so
-  that the resumed run can write those steps again. `make_state(phase)` is the restore target."""
-  skipped = []
-  found = (None, None, None, None)
-  for step in sorted(ckpts.periodic.all_steps(), reverse=True):
-    path = ckpts.path(step)
-    try:
-      meta = ckpts.restore_meta(step)
-      state, data_state, _ = ckpts.restore(make_state(meta['bookkeeping']['phase']), step)
-      if not bool(jax.device_get(_state_finite(state))):
-        raise ckpt_lib.CheckpointError(f'checkpoint {path} holds non-finite values')
-    except (ckpt_lib.CheckpointError, KeyError, TypeError) as err:
-      log.warning('Not resuming from %s: %s', path, ckpt_lib.one_line(err))
-      skipped.append(step)
-      continue
-    found = (step, state, data_state, meta)
-    break
-  if skipped:
-    moved = ckpts.set_aside(skipped)
-    log.warning('Set aside %s; resuming from %s.', moved,
-                ckpts.path(found[0]) if found[0] is not None else 'scratch (no intact checkpoint)')
-  return found
-
-
 class _Guard:
   """Stops the run at the first non-finite step, naming it and the last good checkpoint."""
 
@@ -260,7 +217,7 @@ class _Guard:
     """Raises if a step was non-finite; `whole` also checks every leaf of `state` (before a
     save: whatever produced the state, a non-finite one is never written)."""
     bad = int(jax.device_get(state.nonfinite_step))
-    if bad < 0 and not (whole and not bool(jax.device_get(_state_finite(state)))):
+    if bad < 0 and not (whole and not resume.is_finite(state)):
       return
     self.ckpts.wait()
     last = self.ckpts.path(self.ckpts.latest_step())
@@ -347,14 +304,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       return parallel.replicate(
           state_lib.create_train_state(model, tx, rng, int(config.input_length)), mesh)
 
-    latest, state, data_state, saved_meta = _restore_intact(ckpts, fresh_state)
+    latest, state, data_state, saved_meta = resume.restore_intact(ckpts, fresh_state)
     if latest is None:
       book['phase'] = 0
       state = fresh_state(0)
     else:
       book.update(saved_meta['bookkeeping'])
       _warn_config_changes(saved_meta.get('config'), config)
-      _warn_topology_change(saved_meta.get('topology'), ckpts.path(latest))
+      resume.warn_topology_change(saved_meta.get('topology'), ckpts.path(latest))
       log.info('Resumed from %s (epoch %d done).', ckpts.path(latest), book['epochs_done'])
     tx = optim.make_optimizer(phase_list[book['phase']])
 

@@ -92,7 +92,7 @@ def test_readers_name_the_damaged_file_in_one_line(run, tmp_path, kind, capsys):
 
 
 def _resume_and_compare(run, workdir, caplog, expected_warning):
-  with caplog.at_level(logging.WARNING, logger=loop.__name__):
+  with caplog.at_level(logging.WARNING):
     loop.train_and_evaluate(_config(), workdir)
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert any(expected_warning in w for w in warnings), warnings
@@ -145,7 +145,7 @@ def test_resume_from_another_process_count_restarts_the_data_iterator(run, tmp_p
     json.dump(meta, f)
   config = _config()
   config.num_epochs = 2
-  with caplog.at_level(logging.WARNING, logger=loop.__name__):
+  with caplog.at_level(logging.WARNING):
     loop.train_and_evaluate(config, workdir)
   warnings = ' '.join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
   assert 'written by 2 process(es) x 4 device(s), on 1 x 1' in warnings, warnings
