@@ -337,7 +337,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     num_epochs = int(config.num_epochs)
 
     def save(state):
-      guard.check(state, whole=True)  # never overwrite the last good checkpoint with a poisoned state
+      guard.check(state, whole=True)  # a poisoned state never overwrites the last good one
       ckpts.save(step, state, data_state=data_iter.get_state(),
                  meta=_meta(book, class_names, task), config=config)
 

@@ -152,3 +152,15 @@ def test_resume_from_another_process_count_restarts_the_data_iterator(run, tmp_p
   assert 'the data iterator restarts, so the data order changes' in warnings, warnings
   with ckpt_lib.RunCheckpoints(workdir) as ckpts:
     assert ckpts.latest_step() == 8
+
+
+def test_final_evaluation_with_a_damaged_best_checkpoint_uses_the_last_state(run, tmp_path,
+                                                                             caplog):
+  workdir = _copy(run, tmp_path)
+  named = _damage(os.path.join(workdir, 'best', '4'), 'truncated_data')
+  with caplog.at_level(logging.WARNING):
+    result = loop.train_and_evaluate(_config(), workdir)  # finished: only re-evaluates
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert any(named in w and 'evaluating the last state' in w for w in warnings), warnings
+  assert result['checkpoint'] == os.path.join(workdir, 'checkpoints', '4')
+  assert np.isfinite(result['loss'])
