@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import grain.checkpoint as grain_checkpoint
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
@@ -374,6 +375,14 @@ def restore_variables(path: str, sharding: Optional[jax.sharding.Sharding] = Non
   if not isinstance(tree, dict) or 'params' not in tree:
     raise CheckpointError(f'checkpoint {step_dir} is damaged: its {item}/ holds no params')
   variables = {'params': tree['params'], 'batch_stats': tree.get('batch_stats') or {}}
+  bad = [jax.tree_util.keystr(key) for key, x in jax.tree_util.tree_leaves_with_path(variables)
+         if jnp.issubdtype(x.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(x)))]
+  if bad:
+    # Written by a run that diverged (before the step checked its own updates); its scores
+    # would all be NaN.
+    more = f' and {len(bad) - 3} more' if len(bad) > 3 else ''
+    raise CheckpointError(f'checkpoint {step_dir} holds non-finite values in {", ".join(bad[:3])}'
+                          f'{more}: use an earlier checkpoint of the run')
   return variables, dict(out.meta), dict(out.config)
 
 

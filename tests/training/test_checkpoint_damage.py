@@ -123,6 +123,10 @@ def test_resume_skips_a_checkpoint_holding_non_finite_values(run, tmp_path, capl
     ckpts.periodic.reload()
     poisoned = state.replace(params=jax.tree.map(lambda x: x * np.inf, state.params))
     ckpts.save(4, poisoned, data_state=data_state, meta=meta, config=config)
+  # Readers refuse it in one line instead of tagging with NaN scores.
+  with pytest.raises(ckpt_lib.CheckpointError,
+                     match=r"checkpoints/4 holds non-finite values in \['params'\]"):
+    ckpt_lib.restore_variables(os.path.join(workdir, 'checkpoints', '4'))
   _resume_and_compare(run, workdir, caplog, 'holds non-finite values')
 
 
