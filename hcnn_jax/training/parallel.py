@@ -209,6 +209,13 @@ class _PeerWatch:
       pass  # the coordinator is gone: the peers stop on their own
 
 
+def _lost_a_peer(err: BaseException) -> bool:
+  text = str(err)
+  return type(err).__name__ in ('JaxRuntimeError', 'XlaRuntimeError') and any(
+      sign in text for sign in ('Connection closed by peer', 'Gloo', 'DEADLINE_EXCEEDED',
+                                'UNAVAILABLE'))
+
+
 @contextlib.contextmanager
 def fail_together(prog: str, poll_s: float = 0.5) -> Iterator[None]:
   """In a multi-process job, a failure of any process stops all of them within seconds.
@@ -227,6 +234,15 @@ def fail_together(prog: str, poll_s: float = 0.5) -> Iterator[None]:
   except BaseException as err:
     if isinstance(err, SystemExit) and not err.code:
       raise
+    if _lost_a_peer(err):
+      # A collective broke because another process died or stalled: blaming this one would
+      # mislead. The runtime names the silent one after the heartbeat timeout (and ends this
+      # process); a peer that failed in Python is named by the watch as soon as it says so.
+      wait_s = _timeouts()['heartbeat_timeout_seconds'] + 15
+      print(f'{prog}: error: process {watch.me} of {watch.count}: a collective failed '
+            f'({str(err).splitlines()[0][:200]}); another process died or stalled, waiting up '
+            f'to {wait_s} s for the runtime to name it', file=sys.stderr, flush=True)
+      time.sleep(wait_s)
     watch.announce(err)
     atexit.register(watch.exit)  # runs before JAX's shutdown (registered at import, earlier)
     raise
@@ -247,6 +263,58 @@ def wait_for_process0(what: str, timeout_s: float) -> None:
   except Exception as err:  # pylint: disable=broad-except
     raise ValueError(f'process {jax.process_index()} waited {timeout_s:.0f} s for process 0 '
                      f'to finish {what}, in vain ({str(err).splitlines()[0][:200]})') from None
+
+
+_barriers = [0]
+COMPILE_WAIT_S = 3600
+
+
+def sync_processes(what: str, timeout_s: float) -> None:
+  """Every process waits here for all the others, for up to timeout_s (coordination service)."""
+  if not jax.distributed.is_initialized() or jax.process_count() == 1:
+    return
+  _barriers[0] += 1
+  name = f'hcnn_sync_{_barriers[0]}_' + ''.join(c if c.isalnum() else '_' for c in what)
+  try:
+    _client().wait_at_barrier(name, int(timeout_s * 1000))
+  except Exception as err:  # pylint: disable=broad-except
+    raise ValueError(f'process {jax.process_index()} waited {timeout_s:.0f} s for the other '
+                     f'processes ({what}), in vain ({str(err).splitlines()[0][:200]})') from None
+
+
+class _CompiledTogether:
+  """A jitted step that, in a multi-process job, compiles ahead and waits for every process
+  before its first run with new shapes.
+
+  The first run of a program opens its gloo context, and a process that arrives 30 s before
+  another fails with "Gloo context initialization failed: DEADLINE_EXCEEDED". Compile times
+  differ between hosts (one hits the persistent compilation cache, another compiles), so each
+  process compiles first and the processes meet at a barrier of the coordination service, whose
+  timeout is ours, before the collectives start.
+  """
+
+  def __init__(self, jitted, what: str):
+    self.jitted, self.what = jitted, what
+    self._compiled: Dict[Any, Any] = {}
+
+  def lower(self, *args, **kwargs):
+    return self.jitted.lower(*args, **kwargs)
+
+  def __call__(self, *args):
+    leaves, treedef = jax.tree.flatten(args)
+    key = (treedef, tuple((np.shape(x), str(getattr(x, 'dtype', type(x))),
+                           getattr(x, 'sharding', None)) for x in leaves))
+    compiled = self._compiled.get(key)
+    if compiled is None:
+      compiled = self._compiled[key] = self.jitted.lower(*args).compile()
+      sync_processes(f'compiled {self.what}', COMPILE_WAIT_S)
+    return compiled(*args)
+
+
+def _together(jitted, what: str):
+  if jax.process_count() == 1:
+    return jitted
+  return _CompiledTogether(jitted, what)
 
 
 def data_shard(mesh: Mesh) -> Tuple[int, int]:
@@ -355,7 +423,7 @@ def make_train_step(model: nn.Module, loss_fn: Callable, tx: optax.GradientTrans
                                  loss_fn=loss_fn, tx=tx, axis_name=DATA_AXIS)
   sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
                           out_specs=(P(), P()), check_vma=False)
-  return jax.jit(sharded, donate_argnums=(0,) if donate else ())
+  return _together(jax.jit(sharded, donate_argnums=(0,) if donate else ()), 'the train step')
 
 
 def make_eval_step(model: nn.Module, loss_fn: Callable, predict_fn: Callable,
@@ -369,4 +437,4 @@ def make_eval_step(model: nn.Module, loss_fn: Callable, predict_fn: Callable,
                                  predict_fn=predict_fn)
   sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
                           out_specs=P(DATA_AXIS), check_vma=False)
-  return jax.jit(sharded)
+  return _together(jax.jit(sharded), 'the eval step')
