@@ -164,11 +164,17 @@ class _PeerWatch:
     self._thread.start()
     return self
 
+  def stop(self) -> None:
+    """Stops watching (the block ended normally: what the peers do next is not our failure)."""
+    self.failed = True
+
   def _run(self) -> None:
     while not self.failed:
       try:
         entries = self.client.key_value_dir_get(_FAILED_DIR)
       except Exception as err:  # pylint: disable=broad-except
+        if self.failed:  # this process is shutting down its client on its own
+          return
         print(f'{self.prog}: error: process {self.me} of {self.count} lost the coordinator '
               f'(process 0): it died or stalled ({str(err).splitlines()[0][:200]})',
               file=sys.stderr)
@@ -246,6 +252,7 @@ def fail_together(prog: str, poll_s: float = 0.5) -> Iterator[None]:
     watch.announce(err)
     atexit.register(watch.exit)  # runs before JAX's shutdown (registered at import, earlier)
     raise
+  watch.stop()
 
 
 def wait_for_process0(what: str, timeout_s: float) -> None:
