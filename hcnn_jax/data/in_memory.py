@@ -50,7 +50,7 @@ class DecodedSource:
       if wanted.size and (wanted[0] < 0 or wanted[-1] >= self._size):
         raise ValueError(f'{name}: indices must lie in [0, {self._size}), got {wanted[0]} .. '
                          f'{wanted[-1]}.')
-      self._indices = wanted
+      self._indices = None if len(wanted) == self._size else wanted  # all: no lookup needed
     n = len(wanted)
     if n == 0:
       raise ValueError(f'{name} has no tracks to decode.')
