@@ -44,37 +44,44 @@ def labels_of(source) -> np.ndarray:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  import jax  # pylint: disable=import-outside-toplevel
   import soundfile as sf  # pylint: disable=import-outside-toplevel
 
-  from datasets import build, is_built  # pylint: disable=import-outside-toplevel
+  from datasets import is_built  # pylint: disable=import-outside-toplevel
+  from datasets.build import build_on_first_process  # pylint: disable=import-outside-toplevel
   from hcnn_jax.data import sources  # pylint: disable=import-outside-toplevel
   from hcnn_jax.tools import tag  # pylint: disable=import-outside-toplevel
-  from hcnn_jax.training import config_check, loop, writers  # pylint: disable=import-outside-toplevel
+  from hcnn_jax.training import (  # pylint: disable=import-outside-toplevel
+      config_check, loop, parallel, writers)
 
   writers.configure_cli_logging()
+  parallel.maybe_initialize_distributed()  # before anything touches the devices
   config = FLAGS.config
   with config.unlocked():
     config.dataset.data_dir = FLAGS.data_dir
   workdir = FLAGS.workdir
   try:
-    config_check.validate(config)
-    name, ds_config = config.dataset.name, config.dataset.config_name or None
-    if not is_built(name, FLAGS.data_dir, ds_config):
-      print(f'[1/4] Building the embedded dataset {name}/{ds_config} in {FLAGS.data_dir} ...')
-      build(name, FLAGS.data_dir, ds_config)
-    else:
-      print(f'[1/4] Embedded dataset {name}/{ds_config} found in {FLAGS.data_dir}.')
+    with parallel.fail_together('demo.py'):  # one failed process stops them all
+      config_check.validate(config)
+      name, ds_config = config.dataset.name, config.dataset.config_name or None
+      if not is_built(name, FLAGS.data_dir, ds_config):
+        print(f'[1/4] Building the embedded dataset {name}/{ds_config} in {FLAGS.data_dir} ...')
+      else:
+        print(f'[1/4] Embedded dataset {name}/{ds_config} found in {FLAGS.data_dir}.')
+      build_on_first_process(name, FLAGS.data_dir, ds_config)  # process 0 builds, others wait
 
-    print(f'[2/4] Training {config.model.name} ({dict(config.model.kwargs)}) in {workdir} ...')
-    loop.train_and_evaluate(config, workdir)
+      print(f'[2/4] Training {config.model.name} ({dict(config.model.kwargs)}) in {workdir} ...')
+      loop.train_and_evaluate(config, workdir)
 
-    print(f'[3/4] Test evaluation, {FLAGS.eval_chunks} chunks per clip ...')
-    with config.unlocked():
-      config.eval_chunks = FLAGS.eval_chunks
-    result = loop.evaluate(config, workdir, split='test')
+      print(f'[3/4] Test evaluation, {FLAGS.eval_chunks} chunks per clip ...')
+      with config.unlocked():
+        config.eval_chunks = FLAGS.eval_chunks
+      result = loop.evaluate(config, workdir, split='test')
   except (ValueError, FloatingPointError) as err:
     print(f'demo.py: error: {err}', file=sys.stderr)
     sys.exit(1)
+  if jax.process_index() != 0:  # the baseline and the tagging are one host's job
+    return
 
   train_source, metadata = sources.load(name, 'train', FLAGS.data_dir, ds_config)
   test_source, _ = sources.load(name, 'test', FLAGS.data_dir, ds_config)

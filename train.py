@@ -11,7 +11,6 @@ dataset builds it first when it is not prepared yet.
 """
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -30,21 +29,15 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def ensure_embedded_dataset(config) -> None:
-  """Builds `synth_gm` into dataset.data_dir when a config names it and it is not there yet."""
+  """Builds `synth_gm` into dataset.data_dir when a config names it and it is not there yet.
+
+  In a multi-host job process 0 builds while the others wait (datasets.build_on_first_process).
+  """
   if config.dataset.name != 'synth_gm':
     return
-  import jax  # pylint: disable=import-outside-toplevel
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-
-  from datasets import build, is_built  # pylint: disable=import-outside-toplevel
-  data_dir = os.path.expanduser(config.dataset.data_dir)
-  name = config.dataset.config_name or None
-  if jax.process_index() == 0 and not is_built('synth_gm', data_dir, name):
-    logging.getLogger('hcnn_jax').info('Building the embedded dataset synth_gm (%s) in %s ...',
-                                       name or 'default', data_dir)
-    build('synth_gm', data_dir, name)
-  if jax.process_count() > 1:  # the others wait for the files (shared storage)
-    multihost_utils.sync_global_devices('synth_gm built')
+  from datasets.build import build_on_first_process  # pylint: disable=import-outside-toplevel
+  build_on_first_process('synth_gm', os.path.expanduser(config.dataset.data_dir),
+                         config.dataset.config_name or None)
 
 
 def main(argv) -> None:
@@ -54,9 +47,10 @@ def main(argv) -> None:
   config = FLAGS.config
   try:
     parallel.maybe_initialize_distributed()  # before anything touches the devices
-    config_check.validate(config)  # fail in seconds, before a dataset build or a compile
-    ensure_embedded_dataset(config)
-    result = loop.train_and_evaluate(config, FLAGS.workdir)
+    with parallel.fail_together('train.py'):  # one failed process stops them all
+      config_check.validate(config)  # fail in seconds, before a dataset build or a compile
+      ensure_embedded_dataset(config)
+      result = loop.train_and_evaluate(config, FLAGS.workdir)
   except (ValueError, FloatingPointError) as err:
     # User-fixable problems: one clear message, no traceback; the workdir keeps its checkpoints.
     print(f'train.py: error: {err}', file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 import time
@@ -79,6 +80,35 @@ def build(name: str, data_dir: str, config_name: Optional[str] = None,
       manual_dir=None if manual_dir is None else os.path.expanduser(str(manual_dir)))
   builder.download_and_prepare(download_config=download_config)
   return builder
+
+
+BUILD_WAIT_ENV = 'HCNN_BUILD_WAIT_TIMEOUT'
+DEFAULT_BUILD_WAIT_S = 6 * 3600
+
+
+def build_on_first_process(name: str, data_dir: str, config_name: Optional[str] = None,
+                           timeout_s: Optional[float] = None, **builder_kwargs: Any) -> None:
+  """Makes `name` ready for every process of a (multi-host) job: process 0 builds it once.
+
+  The others wait for process 0 at a barrier of JAX's coordination service for up to
+  `timeout_s` (default: `HCNN_BUILD_WAIT_TIMEOUT` seconds, else 6 h), not in a device
+  collective, whose deadline (30 s with gloo on CPU) a build of minutes would exceed. Then each
+  checks that it sees the prepared files: the hosts must share `data_dir`. On one host it is
+  `build` when the dataset is missing.
+  """
+  from hcnn_jax.training import parallel  # pylint: disable=import-outside-toplevel
+  parallel.maybe_initialize_distributed()
+  import jax  # pylint: disable=import-outside-toplevel
+  if timeout_s is None:
+    timeout_s = float(os.environ.get(BUILD_WAIT_ENV) or DEFAULT_BUILD_WAIT_S)
+  if jax.process_index() == 0 and not is_built(name, data_dir, config_name):
+    logging.getLogger('hcnn_jax').info('Building the dataset %s (%s) in %s ...', name,
+                                       config_name or 'default', data_dir)
+    build(name, data_dir, config_name, **builder_kwargs)
+  parallel.wait_for_process0(f'building {name} in {data_dir}', timeout_s)
+  if jax.process_index() != 0 and not is_built(name, data_dir, config_name):
+    raise ValueError(f'process {jax.process_index()} does not see the dataset {name!r} that '
+                     f'process 0 built in {data_dir}: give every host the same shared data_dir')
 
 
 def _dir_size(path: str) -> int:

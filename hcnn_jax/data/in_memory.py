@@ -7,6 +7,10 @@ on a GPU that trains ~8,000 clips/s grain's workers on 16 cores fell short (benc
 memory file system (/dev/shm where there is one), which every process maps: the grain workers
 share the same pages (pickling it sends the file name, not the audio), and a crop is a 160-KB
 slice. An MTAT-sized train split is 14 GB of int16. `config.data_in_memory` turns it on.
+
+With `indices` only those tracks are decoded: each host of a multi-host run decodes the share of
+the split that its rows of the global batches draw from (`pipeline.shard_tracks`), and the
+object still answers to the split's own track numbers.
 """
 from __future__ import annotations
 
@@ -36,12 +40,22 @@ class DecodedSource:
   """
 
   def __init__(self, source, *, threads: int = 16, directory: str | None = None,
-               name: str = 'the train split'):
-    n = len(source)
+               name: str = 'the train split', indices=None):
+    self._size = len(source)
+    if indices is None:
+      self._indices = None
+      wanted = np.arange(self._size, dtype=np.int64)
+    else:
+      wanted = np.unique(np.asarray(indices, np.int64))
+      if wanted.size and (wanted[0] < 0 or wanted[-1] >= self._size):
+        raise ValueError(f'{name}: indices must lie in [0, {self._size}), got {wanted[0]} .. '
+                         f'{wanted[-1]}.')
+      self._indices = None if len(wanted) == self._size else wanted  # all: no lookup needed
+    n = len(wanted)
     if n == 0:
       raise ValueError(f'{name} has no tracks to decode.')
     directory = directory or default_directory()
-    first = np.asarray(source[0]['audio'])
+    first = np.asarray(source[int(wanted[0])]['audio'])
     if first.dtype != np.int16:
       raise ValueError(f'{name}: DecodedSource holds int16 audio, got {first.dtype}.')
     estimate = n * first.nbytes
@@ -64,7 +78,7 @@ class DecodedSource:
     lengths, labels = [], []
     with os.fdopen(fd, 'wb') as f, concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
       for start in range(0, n, CHUNK):
-        for audio, label in pool.map(read, range(start, min(n, start + CHUNK))):
+        for audio, label in pool.map(read, (int(i) for i in wanted[start:start + CHUNK])):
           f.write(audio.tobytes())
           lengths.append(audio.shape[0])
           labels.append(label)
@@ -72,6 +86,7 @@ class DecodedSource:
     self._lengths = np.asarray(lengths, np.int64)
     self._offsets = np.concatenate([[0], np.cumsum(self._lengths)[:-1]]).astype(np.int64)
     self._labels = np.stack(labels)
+    self.num_classes = int(self._labels.shape[-1])
     self._map()
 
   def _map(self) -> None:
@@ -84,21 +99,39 @@ class DecodedSource:
 
   def __getstate__(self):
     return {'path': self._path, 'lengths': self._lengths, 'offsets': self._offsets,
-            'labels': self._labels}
+            'labels': self._labels, 'size': self._size, 'indices': self._indices}
 
   def __setstate__(self, state):
     self._path, self._lengths = state['path'], state['lengths']
     self._offsets, self._labels = state['offsets'], state['labels']
+    self._size, self._indices = state['size'], state['indices']
+    self.num_classes = int(self._labels.shape[-1])
     self._finalizer = None  # only the process that wrote the file removes it
     self._map()
 
   def __len__(self) -> int:
+    """The number of tracks of the whole split (not only the decoded ones)."""
+    return self._size
+
+  @property
+  def num_decoded(self) -> int:
     return len(self._lengths)
 
+  def _row(self, index: int) -> int:
+    index = int(index)
+    if self._indices is None:
+      return index
+    row = int(np.searchsorted(self._indices, index))
+    if row >= len(self._indices) or self._indices[row] != index:
+      raise IndexError(f'track {index} is not among the {len(self._indices)} tracks decoded on '
+                       'this host (its share of the split)')
+    return row
+
   def __getitem__(self, index: int) -> dict[str, Any]:
-    start = self._offsets[index]
-    return {'audio': self._audio[start:start + self._lengths[index]],
-            'labels': self._labels[index]}
+    row = self._row(index)
+    start = self._offsets[row]
+    return {'audio': self._audio[start:start + self._lengths[row]],
+            'labels': self._labels[row]}
 
   def close(self) -> None:
     """Removes the file now (further reads fail)."""
@@ -107,7 +140,9 @@ class DecodedSource:
       self._finalizer()
 
   def __repr__(self) -> str:
-    return f'DecodedSource({len(self)} tracks, {self.nbytes / 2**20:,.0f} MiB in {self._path})'
+    share = '' if self._indices is None else f' of {self._size}'
+    return (f'DecodedSource({self.num_decoded}{share} tracks, {self.nbytes / 2**20:,.0f} MiB in '
+            f'{self._path})')
 
 
 def _unlink(path: str) -> None:

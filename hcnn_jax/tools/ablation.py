@@ -187,8 +187,10 @@ def write_tables(rows: Sequence[Dict[str, Any]], workdir: str, config=None) -> N
 
 def main(argv) -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
-  from hcnn_jax.training import writers  # pylint: disable=import-outside-toplevel
+  from hcnn_jax.training import parallel, writers  # pylint: disable=import-outside-toplevel
   writers.configure_cli_logging()
+  # Before anything touches the devices: run_ablation's config checks count them.
+  parallel.maybe_initialize_distributed()
   fl = flags.FLAGS
   if len(argv) > 1:
     print(f'ablation: error: unexpected arguments {argv[1:]}', file=sys.stderr)

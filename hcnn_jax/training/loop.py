@@ -315,17 +315,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       log.info('Resumed from %s (epoch %d done).', ckpts.path(latest), book['epochs_done'])
     tx = optim.make_optimizer(phase_list[book['phase']])
 
+    # This host's rows of every global batch, where the mesh puts them (parallel.data_shard).
+    shard_index, shard_count = parallel.data_shard(mesh)
     if config.get('data_in_memory'):
       t = time.time()
-      train_source = in_memory.DecodedSource(train_source, name=f'the train split of '
-                                             f'{config.dataset.name!r}')
-      log.info('Decoded the train split into memory: %r, in %.0f s.', train_source,
-               time.time() - t)
+      train_source = in_memory.DecodedSource(
+          train_source, name=f'the train split of {config.dataset.name!r}',
+          indices=pipeline.shard_tracks(len(train_source), batch_size, int(config.seed),
+                                        shard_index, shard_count))
+      log.info('Decoded this host\'s share of the train split into memory: %r, in %.0f s.',
+               train_source, time.time() - t)
     # int16 crops: half the bytes through the loader and to the devices; the step rescales.
     loader = pipeline.train_loader(
         train_source, input_length=int(config.input_length), global_batch_size=batch_size,
         seed=int(config.seed), worker_count=int(config.get('worker_count') or 0),
-        audio_dtype='int16')
+        audio_dtype='int16', shard_index=shard_index, shard_count=shard_count)
     data_iter = iter(loader)
     if data_state is not None:
       data_iter.set_state(data_state)

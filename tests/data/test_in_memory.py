@@ -151,3 +151,33 @@ def test_loader_with_a_worker_process_maps_the_file(fake, decoded):
     np.testing.assert_array_equal(a['labels'], b['labels'])
   gc.collect()
   assert os.path.exists(decoded._path)  # the worker's copy did not remove the owner's file
+
+
+def test_a_hosts_share_decodes_only_its_tracks_and_feeds_its_rows(fake, tmp_path):
+  """Host 1 of 2 decodes only the tracks its rows of the global batches draw from, and its
+  loader over that share yields what its loader over the whole split yields."""
+  share = pipeline.shard_tracks(len(fake), 2, 5, 1, 2)
+  assert 0 < len(share) < len(fake)
+  src = in_memory.DecodedSource(fake, threads=2, directory=str(tmp_path), indices=share)
+  try:
+    assert len(src) == len(fake) and src.num_decoded == len(share)
+    assert src.nbytes == sum(2 * fake[int(i)]['audio'].shape[0] + 12 for i in share)
+    assert f'({len(share)} of {len(fake)} tracks' in repr(src)
+    for i in share:
+      np.testing.assert_array_equal(src[int(i)]['audio'], fake[int(i)]['audio'])
+    other = sorted(set(range(len(fake))) - set(share.tolist()))[0]
+    with pytest.raises(IndexError, match=f'track {other} is not among'):
+      src[other]
+    args = dict(input_length=4_000, global_batch_size=2, seed=5, shard_index=1, shard_count=2)
+    want = take(pipeline.train_loader(fake, **args), 7)
+    got = take(pipeline.train_loader(pickle.loads(pickle.dumps(src)), **args), 7)
+    for a, b in zip(got, want):
+      np.testing.assert_array_equal(a['audio'], b['audio'])
+      np.testing.assert_array_equal(a['labels'], b['labels'])
+  finally:
+    src.close()
+
+
+def take(loader, n):
+  it = iter(loader)
+  return [next(it) for _ in range(n)]
