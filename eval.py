@@ -9,7 +9,6 @@ Writes metrics_<split>.json and the per-tag table per_class_<split>.csv / .md in
 """
 from __future__ import annotations
 
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags

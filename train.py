@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
