@@ -63,7 +63,7 @@ def test_a_workdir_that_is_a_file_is_named_and_warmup_steps_can_be_set(tmp_path)
   line = _one_line_error('train.py', ['--config', COSINE, '--config.optimizer.warmup_steps=2',
                                       '--workdir', str(workdir)], tmp_path)
   assert line == (f'train.py: error: --workdir {workdir}: is a file, not a directory; pass a '
-                  'directory (a new one is created)')
+                  'directory')
   assert workdir.read_text() == 'not a run'
 
 

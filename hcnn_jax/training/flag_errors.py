@@ -206,7 +206,6 @@ def check_workdir(path: str, flag: str = '--workdir') -> None:
     existing = os.path.dirname(existing)
   if not os.path.isdir(existing):
     where = 'is a file' if existing == full else f'is inside {existing}, which is a file'
-    raise ValueError(f'{flag} {path}: {where}, not a directory; pass a directory (a new one is '
-                     'created)')
+    raise ValueError(f'{flag} {path}: {where}, not a directory; pass a directory')
   if not os.access(existing, os.W_OK | os.X_OK):
     raise ValueError(f'{flag} {path}: {existing} is not writable')
