@@ -9,12 +9,11 @@ Writes metrics_<split>.json and the per-tag table per_class_<split>.csv / .md in
 """
 from __future__ import annotations
 
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from hcnn_jax.training import loop, writers
+from hcnn_jax.training import flag_errors, loop, writers
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'The run\'s config file (as given to train.py).',
@@ -30,15 +29,15 @@ def main(argv) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   writers.configure_cli_logging()
   try:
+    flag_errors.check_workdir(FLAGS.workdir)
     result = loop.evaluate(FLAGS.config, FLAGS.workdir, split=FLAGS.split,
                            checkpoint=FLAGS.checkpoint)
   except ValueError as err:
-    print(f'eval.py: error: {err}', file=sys.stderr)
-    sys.exit(1)
+    flag_errors.fail('eval.py', str(err))
   scalars = {k: v for k, v in result.items() if isinstance(v, float)}
   print(f'{FLAGS.split} metrics of {result["checkpoint"]}: ' +
         ', '.join(f'{k} {v:.4f}' for k, v in sorted(scalars.items())))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=flag_errors.flags_parser('eval.py'))

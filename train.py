@@ -12,12 +12,11 @@ dataset builds it first when it is not prepared yet.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from hcnn_jax.training import config_check, loop, parallel, writers
+from hcnn_jax.training import config_check, flag_errors, loop, parallel, writers
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -49,16 +48,16 @@ def main(argv) -> None:
     parallel.maybe_initialize_distributed()  # before anything touches the devices
     with parallel.fail_together('train.py'):  # one failed process stops them all
       config_check.validate(config)  # fail in seconds, before a dataset build or a compile
+      flag_errors.check_workdir(FLAGS.workdir)
       ensure_embedded_dataset(config)
       result = loop.train_and_evaluate(config, FLAGS.workdir)
   except (ValueError, FloatingPointError) as err:
     # User-fixable problems: one clear message, no traceback; the workdir keeps its checkpoints.
-    print(f'train.py: error: {err}', file=sys.stderr)
-    sys.exit(1)
+    flag_errors.fail('train.py', str(err))
   scalars = {k: v for k, v in result.items() if isinstance(v, float)}
   print(f'{result["split"]} metrics of {result["checkpoint"]}: ' +
         ', '.join(f'{k} {v:.4f}' for k, v in sorted(scalars.items())))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=flag_errors.flags_parser('train.py'))

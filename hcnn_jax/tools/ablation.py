@@ -196,6 +196,8 @@ def main(argv) -> None:
     print(f'ablation: error: unexpected arguments {argv[1:]}', file=sys.stderr)
     sys.exit(2)
   try:
+    from hcnn_jax.training import flag_errors  # pylint: disable=import-outside-toplevel
+    flag_errors.check_workdir(fl.workdir)
     rows = run_ablation(fl.config, fl.workdir, parse_harmonics(fl.harmonics))
   except (ValueError, FloatingPointError) as err:
     print(f'ablation: error: {err}', file=sys.stderr)
@@ -219,5 +221,6 @@ def _define_flags() -> None:
 
 if __name__ == '__main__':
   from absl import app  # pylint: disable=import-outside-toplevel
+  from hcnn_jax.training import flag_errors  # pylint: disable=import-outside-toplevel
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=flag_errors.flags_parser('ablation'))

@@ -312,6 +312,9 @@ def main(argv) -> None:
   perturbations = [p.strip() for p in fl.perturbations.split(',') if p.strip()] \
       if fl.perturbations else None
   try:
+    from hcnn_jax.training import flag_errors  # pylint: disable=import-outside-toplevel
+    # Before the evaluation, not after it.
+    flag_errors.check_workdir(fl.out or fl.workdir, '--out' if fl.out else '--workdir')
     results = evaluate_robustness(fl.config, fl.workdir, fl.split, fl.out, perturbations,
                                   fl.max_tracks, fl.checkpoint)
   except ValueError as err:
@@ -340,5 +343,6 @@ def _define_flags() -> None:
 
 if __name__ == '__main__':
   from absl import app  # pylint: disable=import-outside-toplevel
+  from hcnn_jax.training import flag_errors  # pylint: disable=import-outside-toplevel
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=flag_errors.flags_parser('robustness'))

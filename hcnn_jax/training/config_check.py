@@ -8,6 +8,7 @@ traces no array work.
 """
 from __future__ import annotations
 
+import difflib
 import numbers
 from typing import Any, List, Optional
 
@@ -78,6 +79,17 @@ def check_input_length(model, input_length: int) -> None:
         from None
 
 
+def _unknown_keys(where: str, unknown: List[str], known) -> str:
+  """`where: unknown key(s) [...]` with the nearest known key of each, or the known ones."""
+  near = {k: difflib.get_close_matches(k, sorted(known), n=1, cutoff=0.7) for k in unknown}
+  if not all(near.values()):
+    return f'{where}unknown key(s) {unknown} (a typo?); known: {sorted(known)}'
+  if len(unknown) == 1:
+    return f'{where}unknown key(s) {unknown} (a typo?): did you mean {near[unknown[0]][0]!r}?'
+  pairs = ', '.join(f'{m[0]!r} for {k!r}' for k, m in near.items())
+  return f'{where}unknown key(s) {unknown} (typos?): did you mean {pairs}?'
+
+
 def _check_dataset(config, problems: List[str]) -> None:
   ds = config.get('dataset')
   if not isinstance(ds, ml_collections.ConfigDict) or not ds.get('name'):
@@ -86,7 +98,7 @@ def _check_dataset(config, problems: List[str]) -> None:
     return
   unknown = sorted(set(ds.keys()) - DATASET_KEYS)
   if unknown:
-    problems.append(f'dataset: unknown key(s) {unknown}; known: {sorted(DATASET_KEYS)}')
+    problems.append(_unknown_keys('dataset: ', unknown, DATASET_KEYS))
   name = ds.name
   if name == sources.FAKE_NAME:
     try:
@@ -188,6 +200,14 @@ def _check_optimizer(config, problems: List[str]) -> None:
   # adamw_cosine needs steps_per_epoch; when the loop derives it from the dataset, any positive
   # value checks the rest here and the loop checks the warmup again with the real one.
   spe = config.get('steps_per_epoch') or 10**9
+  opt = config.get('optimizer')
+  if isinstance(opt, ml_collections.ConfigDict) and opt.get('name', 'reference') in \
+      schedule.DEFAULTS:
+    known = {'name'} | set(schedule.DEFAULTS[opt.get('name', 'reference')])
+    unknown = sorted(set(opt.keys()) - known)
+    if unknown:
+      problems.append(_unknown_keys('optimizer: ', unknown, known))
+      return
   try:
     schedule.phases(config, spe)
   except (ValueError, TypeError) as err:
@@ -205,7 +225,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     problems.append(f'missing key(s) {missing}; start from hcnn_jax/configs/base.py')
   unknown = sorted(set(config.keys()) - KNOWN_KEYS)
   if unknown:
-    problems.append(f'unknown key(s) {unknown} (a typo?); known keys: {sorted(KNOWN_KEYS)}')
+    problems.append(_unknown_keys('', unknown, KNOWN_KEYS))
   _check_dataset(config, problems)
   _check_task(config, problems)
   _check_sizes(config, problems)

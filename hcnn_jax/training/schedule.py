@@ -27,6 +27,7 @@ import dataclasses
 from typing import Any, Mapping
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     'reference': dict(
@@ -108,6 +109,9 @@ def optimizer_config(name: str = 'reference', variant: str = 'sota') -> ml_colle
       raise ValueError(f'Unknown reference variant {variant!r}; expected one of '
                        f'{", ".join(VARIANTS)}.')
     values.update(VARIANTS[variant])
+  if 'warmup_steps' in values and values['warmup_steps'] is None:
+    # A typed placeholder: an untyped None could not be set with --config.optimizer.warmup_steps.
+    values['warmup_steps'] = placeholder(int)
   return ml_collections.ConfigDict(values)
 
 

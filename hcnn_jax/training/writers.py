@@ -4,9 +4,17 @@ Named `writers` rather than `logging` so that `import logging` inside the packag
 standard library.
 
 The CSV is long-format (`step,name,value,wall_time`) so that train, validation and test metrics with
-different keys share one file that pandas or a spreadsheet can pivot. On resume, rows and events
-written after the restored step are dropped: the resumed run writes them again, and a chart should
-not show the same step twice.
+different keys share one file that pandas or a spreadsheet can pivot. It is flushed at every write
+and is the record the TensorBoard events are rebuilt from when a run starts again.
+
+After a kill (even SIGKILL) a resumed run's logs equal an uninterrupted run's, timings aside:
+- the CSV keeps the rows up to the restored step (a fresh start, when nothing was checkpointed,
+  keeps none); a row of that step that the resumed run writes again (the phase switch logged after
+  the checkpoint was saved) is written once;
+- TensorBoard's events are rewritten from those rows into one new events file and the old files
+  are removed (tensorboardX's `purge_step` only hides later steps from TensorBoard, other readers
+  still see them, and events not yet flushed when the process died would be lost).
+Every write also flushes the events, so a run killed and never resumed still shows its last step.
 """
 from __future__ import annotations
 
@@ -16,12 +24,15 @@ import math
 import os
 import sys
 import time
+import uuid
+from collections import Counter
 from typing import Mapping, Optional
 
 import numpy as np
 
 CSV_NAME = 'metrics.csv'
 TB_DIR = 'tensorboard'
+EVENTS_PREFIX = 'events.out.tfevents.'
 _FIELDS = ('step', 'name', 'value', 'wall_time')
 
 
@@ -37,16 +48,37 @@ def _scalar(value) -> Optional[float]:
   return float(arr)
 
 
-def _truncate_csv(path: str, keep_up_to_step: int) -> None:
-  """Rewrite `path` without the rows after `keep_up_to_step` (atomically: tmp file + rename)."""
+def _read_rows(path: str) -> list:
+  """The complete rows of a CSV this module wrote; a line cut by a kill, or mangled, is dropped."""
   with open(path, newline='') as f:
-    rows = [r for r in csv.DictReader(f) if int(r['step']) <= keep_up_to_step]
+    text = f.read()
+  if text and not text.endswith('\n'):  # the process died inside a write: drop the partial line
+    text = text[:text.rfind('\n') + 1]
+  rows = []
+  for row in csv.DictReader(text.splitlines()):
+    try:
+      rows.append({'step': int(row['step']), 'name': str(row['name']),
+                   'value': float(row['value']), 'wall_time': float(row['wall_time'])})
+    except (KeyError, TypeError, ValueError):
+      continue
+  return rows
+
+
+def _rewrite_csv(path: str, rows: list) -> None:
+  """Writes `rows` (as `_read_rows` returns them) to `path` atomically: tmp file + rename."""
   tmp = path + '.tmp'
   with open(tmp, 'w', newline='') as f:
     w = csv.DictWriter(f, fieldnames=_FIELDS)
     w.writeheader()
-    w.writerows(rows)
+    w.writerows({**r, 'value': repr(r['value']), 'wall_time': repr(r['wall_time'])} for r in rows)
   os.replace(tmp, path)
+
+
+def _event_files(directory: str) -> list:
+  if not os.path.isdir(directory):
+    return []
+  return sorted(os.path.join(directory, n) for n in os.listdir(directory)
+                if n.startswith(EVENTS_PREFIX))
 
 
 def _summary_writer_class():
@@ -73,8 +105,9 @@ class MetricWriter:
 
   Args:
     workdir: the run's directory.
-    resume_step: the step a resumed run restarts from; later CSV rows and TensorBoard events are
-      discarded. None for a fresh run.
+    resume_step: the step a resumed run restarts from: the logs keep what came up to it. None
+      for a run that starts from scratch: the logs of an earlier attempt that never saved a
+      checkpoint are discarded.
     enabled: False on every process but the first of a multi-host run, so files are written once.
   """
 
@@ -82,20 +115,31 @@ class MetricWriter:
     self.enabled = enabled
     self._tb = None
     self._csv_file = None
+    self._rewritten: Counter = Counter()
+    self._resume_step = resume_step
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
     csv_path = os.path.join(workdir, CSV_NAME)
+    tb_dir = os.path.join(workdir, TB_DIR)
+    rows = []
     if resume_step is not None and os.path.exists(csv_path):
-      _truncate_csv(csv_path, resume_step)
-    new_file = not os.path.exists(csv_path)
+      rows = [r for r in _read_rows(csv_path) if r['step'] <= resume_step]
+      self._rewritten = Counter(r['name'] for r in rows if r['step'] == resume_step)
+    _rewrite_csv(csv_path, rows)
     self._csv_file = open(csv_path, 'a', newline='')
     self._csv = csv.DictWriter(self._csv_file, fieldnames=_FIELDS)
-    if new_file:
-      self._csv.writeheader()
+    old_events = _event_files(tb_dir)
     SummaryWriter = _summary_writer_class()
-    purge = None if resume_step is None else resume_step + 1
-    self._tb = SummaryWriter(os.path.join(workdir, TB_DIR), purge_step=purge, flush_secs=30)
+    # A suffix unique to this writer: tensorboardX names files by the second and the host only.
+    self._tb = SummaryWriter(tb_dir, flush_secs=30,
+                             filename_suffix=f'.{os.getpid()}.{uuid.uuid4().hex[:8]}')
+    for r in rows:
+      if math.isfinite(r['value']):
+        self._tb.add_scalar(r['name'], r['value'], global_step=r['step'], walltime=r['wall_time'])
+    self._tb.flush()  # the kept history is on disk before the files it came from go
+    for path in old_events:
+      os.remove(path)
 
   def write_scalars(self, step: int, metrics: Mapping[str, object], prefix: str = '') -> None:
     """Writes every scalar entry of `metrics` as `prefix + key`; non-scalars are skipped."""
@@ -107,10 +151,13 @@ class MetricWriter:
       if v is None:
         continue
       name = prefix + key
+      if self._rewritten[name] and int(step) == self._resume_step:
+        self._rewritten[name] -= 1  # already logged by the attempt that was killed
+        continue
       self._csv.writerow({'step': int(step), 'name': name, 'value': repr(v), 'wall_time': now})
       if math.isfinite(v):
         self._tb.add_scalar(name, v, global_step=int(step), walltime=now)
-    self._csv_file.flush()
+    self.flush()
 
   def flush(self) -> None:
     if self.enabled:
@@ -132,9 +179,7 @@ class MetricWriter:
 
 def read_csv(workdir: str) -> list:
   """The rows of `workdir/metrics.csv` as dicts with int step and float value (for tests/tools)."""
-  with open(os.path.join(workdir, CSV_NAME), newline='') as f:
-    return [{'step': int(r['step']), 'name': r['name'], 'value': float(r['value']),
-             'wall_time': float(r['wall_time'])} for r in csv.DictReader(f)]
+  return _read_rows(os.path.join(workdir, CSV_NAME))
 
 
 def configure_cli_logging() -> None:

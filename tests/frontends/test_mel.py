@@ -60,7 +60,11 @@ def test_mel_spectrogram_matches_librosa(make_signal, kind, n_fft, hop, length, 
   log = M.log_mel_spectrogram(x, 16000, n_fft, hop, n_mels, htk=htk, norm=norm, power=power,
                               top_db=80.0)
   ref_db = librosa.power_to_db(ref ** (2.0 / power), ref=1.0, amin=1e-10, top_db=80.0)
-  np.testing.assert_allclose(log, ref_db, atol=2e-3)
+  # float32 against float64: the quietest bins kept (80 dB under the peak) carry the float32
+  # spectrum's absolute rounding as a relative error of ~1e-4, i.e. ~1e-3 dB (1.03e-3 seen, and
+  # the summation order of the STFT moves with XLA's thread pool). A wrong filter or scale is
+  # off by tenths of a dB or more.
+  np.testing.assert_allclose(log, ref_db, atol=5e-3)
 
 
 @pytest.mark.parametrize('norm', ['ortho', None])

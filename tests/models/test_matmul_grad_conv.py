@@ -42,8 +42,11 @@ def test_values_and_gradients_match_xla(shape, window, padding, cout):
   out, (dx, dk) = value_and_grads(conv_matmul_grads, x, kernel, padding, upstream)
   np.testing.assert_array_equal(np.asarray(out), np.asarray(ref_out))  # the same forward op
   assert dx.shape == x.shape and dk.shape == kernel.shape
-  np.testing.assert_allclose(np.asarray(dx), np.asarray(ref_dx), rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(dk), np.asarray(ref_dk), rtol=1e-5, atol=1e-4)
+  # The gradients are other float32 sums of the same products (matmuls vs XLA's transposed
+  # convolutions; dk sums over every output position): they differed by up to 1.3e-6 here, and
+  # the order also moves with XLA's thread pool. A wrong padding, flip or transpose is O(1) off.
+  np.testing.assert_allclose(np.asarray(dx), np.asarray(ref_dx), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(dk), np.asarray(ref_dk), rtol=1e-4, atol=1e-3)
   assert float(jnp.abs(ref_dk).max()) > 0.1
 
 
@@ -86,5 +89,6 @@ def test_as_a_flax_conv_it_keeps_the_parameters():
   g_plain = jax.grad(lambda v: jnp.sum(plain.apply(v, x) ** 2))(variables)
   g_fast = jax.grad(lambda v: jnp.sum(fast.apply(v, x) ** 2))(variables)
   for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    # Other summation orders of the same products (see test_values_and_gradients_match_xla).
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
 

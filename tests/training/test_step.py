@@ -77,14 +77,20 @@ def test_train_step_applies_the_gradient_of_the_batch_loss(mesh, train_step):
 
   value, grads = jax.value_and_grad(loss)(state.params)
   new, metrics = train_step(parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh))
-  np.testing.assert_allclose(float(metrics['loss']), float(value), rtol=1e-6)
+  # Two programs (the jitted shard_map step and this eager value_and_grad) sum the convolutions'
+  # and BatchNorm's float32 reductions in different orders, and XLA's CPU thread pool changes
+  # them with the load: the loss differed by 2e-7 relative here and by 1.6e-6 under load,
+  # gradients by ~10x more. 1e-4 is ~800 float32 ulps, still far below what a wrong loss or
+  # gradient gives (wrong BatchNorm mode, batch or scaling: > 1e-2).
+  np.testing.assert_allclose(float(metrics['loss']), float(value), rtol=1e-4)
   np.testing.assert_allclose(float(metrics['grad_norm']), float(optax.global_norm(grads)),
-                             rtol=1e-5)
+                             rtol=1e-4)
   assert float(metrics['finite']) == 1.0
   for p0, p1, g in zip(jax.tree.leaves(state.params), jax.tree.leaves(new.params),
                        jax.tree.leaves(grads)):
-    # atol: a Dense bias right before BatchNorm has a gradient of rounding noise only.
-    np.testing.assert_allclose(np.asarray(p1), np.asarray(p0 - LR * g), rtol=1e-5, atol=1e-5)
+    # atol: a bias right before BatchNorm has a gradient of rounding noise only; the other
+    # leaves' updates (LR × gradient) have medians of 6e-3 to 3e-2.
+    np.testing.assert_allclose(np.asarray(p1), np.asarray(p0 - LR * g), rtol=1e-4, atol=1e-4)
   assert int(new.step) == 1 and int(new.nonfinite_step) == -1
   # The running statistics moved 10% toward the batch's (BatchNorm momentum 0.9).
   assert not _tree_equal(new.batch_stats, state.batch_stats)
