@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shutil
 import socket
 import subprocess
 import sys
@@ -192,6 +193,25 @@ def test_two_processes_train_resume_bit_exactly_and_match_one_process(tmp_path, 
                    if r['name'] in ('train/loss', 'val/loss')] for d in (straight, single)}
   assert len(loss['single']) == STEPS + 1
   np.testing.assert_allclose(loss['single'], loss['straight'], rtol=1e-4)
+
+  # What 2 processes x 2 devices wrote is read by one process with one device: the readers
+  # (eval, tag, interpret) restore onto the current device, whatever mesh saved the arrays ...
+  for path in (straight, straight / ckpt_lib.CHECKPOINT_DIR / str(STEPS)):
+    variables, meta, _ = ckpt_lib.restore_variables(str(path))
+    assert all(np.isfinite(x).all() for x in _leaves(variables))
+    assert meta['topology'] == {'process_count': 2, 'device_count': 4}
+  # ... and training resumes on 1 process x 1 device, saying that the data order changes.
+  moved = tmp_path / 'moved'
+  shutil.copytree(straight, moved)
+  one = [a for a in TRAIN if not a.startswith('--config.num_epochs=')] + [
+      '--config.num_epochs=2', '--workdir', str(moved)]
+  (tmp_path / 'moved_logs').mkdir()
+  code, = _wait(_start(one, base_env, tmp_path / 'moved_logs', processes=1, devices=1))
+  text = (tmp_path / 'moved_logs' / '0.log').read_text()
+  assert code == 0, text[-3000:]
+  assert 'written by 2 process(es) x 4 device(s), on 1 x 1' in text, text[-3000:]
+  assert 'the data iterator restarts, so the data order changes' in text
+  assert _steps(moved)[-1] == 2 * STEPS
 
 
 def _worker(mode, base_env, tmp_path, extra_env=None, timeout=120):
