@@ -47,7 +47,9 @@ def _collectives(mode: str) -> None:
   for step in range(STEPS):
     value = float(total(x))  # an all-reduce over both processes
     print(f'step {step} {value}', flush=True)
-    if me == 1 and step == FAIL_AT:
+    if me == (0 if mode == 'kill_coordinator' else 1) and step == FAIL_AT:
+      if mode == 'kill_coordinator':
+        os.kill(os.getpid(), signal.SIGKILL)
       if mode == 'raise':
         raise RuntimeError('a bad track in the shard of process 1')
       if mode == 'stop':

@@ -250,6 +250,26 @@ def test_a_process_that_dies_stops_the_others_naming_it(tmp_path, base_env):
   assert took < 3 + 20, took
 
 
+def test_when_the_coordinator_dies_the_others_stop_naming_it(tmp_path, base_env):
+  procs, logs, _ = _worker('kill_coordinator', base_env, tmp_path, {'HCNN_HEARTBEAT_TIMEOUT': '3'})
+  try:
+    code0 = procs[0].wait(timeout=120)
+    died_at = time.time()
+    code1 = procs[1].wait(timeout=60)
+    took = time.time() - died_at
+  finally:
+    _wait(procs, timeout=1)
+  log1 = (logs / '1.log').read_text()
+  assert code0 == -signal.SIGKILL and code1 != 0, log1[-2000:]
+  # Either our watcher's line or, when it comes first, the runtime's own fatal error (which
+  # aborts the process from a C++ thread, with its stack, before Python can speak) names the
+  # coordinator as the one that died.
+  assert ('worker: error: process 1 of 2 lost the coordinator (process 0)' in log1
+          or 'the leader task was preempted/died/restarted unexpectedly' in log1), log1[-2000:]
+  assert 'Traceback' not in log1, log1[-2000:]
+  assert took < 3 + 20, took
+
+
 def test_a_stalled_process_stops_the_others_within_the_heartbeat_timeout(tmp_path, base_env):
   procs, logs, _ = _worker('stop', base_env, tmp_path, {'HCNN_HEARTBEAT_TIMEOUT': '3'})
   try:
