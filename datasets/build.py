@@ -1,15 +1,18 @@
 """Prepares any of our TFDS datasets as array_record files: `build(...)` and its CLI.
 
-    python -m datasets.build synth_gm --data_dir ~/tensorflow_datasets            # no download
-    python -m datasets.build mtat --data_dir DIR --manual_dir /path/to/mtat_audio
+    hcnn-build synth_gm --data_dir ~/tensorflow_datasets            # no download
+    hcnn-build mtat --data_dir DIR --manual_dir /path/to/mtat_audio
 
-Builders are imported lazily from `DATASETS` (name -> "module:Class"), so a dataset whose module
-is missing or broken fails only when it is asked for, with its name in the message.
+(`python -m datasets.build ...` in a checkout.) Builders are imported lazily from `DATASETS`
+(name -> "module:Class", the module relative to this package, whatever name it is installed
+under), so a dataset whose module is missing or broken fails only when it is asked for, with its
+name in the message.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -17,12 +20,12 @@ import time
 from typing import Any, Dict, Optional
 
 DATASETS: Dict[str, str] = {
-    'synth_gm': 'datasets.synth_gm.synth_gm:SynthGm',
-    'mtat': 'datasets.mtat.mtat:Mtat',
-    'mtg_jamendo': 'datasets.mtg_jamendo.mtg_jamendo:MtgJamendo',
-    'msd': 'datasets.msd.msd:Msd',
-    'speech_commands35': 'datasets.speech_commands.speech_commands:SpeechCommands35',
-    'dcase2017_task4': 'datasets.dcase2017.dcase2017:Dcase2017Task4',
+    'synth_gm': '.synth_gm.synth_gm:SynthGm',
+    'mtat': '.mtat.mtat:Mtat',
+    'mtg_jamendo': '.mtg_jamendo.mtg_jamendo:MtgJamendo',
+    'msd': '.msd.msd:Msd',
+    'speech_commands35': '.speech_commands.speech_commands:SpeechCommands35',
+    'dcase2017_task4': '.dcase2017.dcase2017:Dcase2017Task4',
 }
 
 
@@ -31,6 +34,7 @@ def builder_class(name: str) -> type:
   if name not in DATASETS:
     raise ValueError(f'Unknown dataset {name!r}; choose one of {sorted(DATASETS)}.')
   module_name, class_name = DATASETS[name].split(':')
+  module_name = importlib.util.resolve_name(module_name, __package__ or 'datasets')
   try:
     module = importlib.import_module(module_name)
   except ImportError as e:
@@ -133,7 +137,7 @@ def summary(builder) -> str:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m datasets.build', description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(prog='hcnn-build', description=__doc__.split('\n')[0])
   parser.add_argument('name', choices=sorted(DATASETS))
   parser.add_argument('--data_dir', required=True, help='TFDS data directory to write into.')
   parser.add_argument('--config', default=None, help='Builder config (default: the builder\'s own).')

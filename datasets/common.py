@@ -45,7 +45,8 @@ MAX_LOGGED_SKIPS = 50
 SHARD_BYTES = 256 << 20
 _BYTES_PER_SECOND = 2 * SAMPLE_RATE  # int16 mono
 
-log = logging.getLogger('datasets')
+# Named by where the package is imported from: a logger called 'datasets' is Hugging Face's.
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +94,17 @@ def manual_dir(dl_manager) -> str:
     return os.fspath(dl_manager.manual_dir)
   except AssertionError as e:  # TFDS reports a missing/empty manual_dir with an AssertionError
     raise ValueError(str(e)) from e
+
+
+def readme_path(module_file: str) -> str:
+  """The README.md next to a builder module, as messages name it: relative to the working
+  directory in a checkout (datasets/mtat/README.md), the installed file's path in a wheel."""
+  path = os.path.join(os.path.dirname(os.path.abspath(module_file)), 'README.md')
+  try:
+    relative = os.path.relpath(path)
+  except ValueError:  # another drive (Windows)
+    return path
+  return path if relative.startswith(os.pardir) else relative
 
 
 def require_files(root: str, names: Sequence[str], readme: str) -> list[str]:

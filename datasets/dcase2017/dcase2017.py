@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from datasets import common
+from .. import common
 
 # Index order of the reference (ddhf preprocessing/dcase/split.py); the strings are the labels
 # as written in the official CSVs.
@@ -76,11 +76,11 @@ class Dcase2017Task4(common.ManualAudioBuilder):
   TASK = 'events'
   CLIP_SECONDS = 10.0
   HOMEPAGE = 'https://dcase.community/challenge2017/task-large-scale-sound-event-detection'
-  README = 'datasets/dcase2017/README.md'
+  README = common.readme_path(__file__)
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Put the three groundtruth_weak_label_{training,testing,evaluation}_set.csv files in '
       'manual_dir and the clips (Y<youtube_id>_<start>_<end>.wav) anywhere below it; see '
-      'datasets/dcase2017/README.md.')
+      f'{README}.')
 
   def _make_splits(self, root):
     train_csv, test_csv, eval_csv = common.require_files(

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from datasets import common
+from .. import common
 
 # split/msd/50tagList.txt: the column order of msd_id_to_tag_vector.cP.
 TAGS = (
@@ -74,11 +74,11 @@ class Msd(common.ManualAudioBuilder):
   TASK = 'tagging'
   CLIP_SECONDS = 30.0  # 7digital previews
   HOMEPAGE = 'https://github.com/keunwoochoi/MSD_split_for_tagging'
-  README = 'datasets/msd/README.md'
+  README = common.readme_path(__file__)
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Put filtered_list_train.cP, filtered_list_test.cP, msd_id_to_tag_vector.cP, '
       '50tagList.txt (and optionally skip_ids.txt) in manual_dir, with the audio at '
-      '<id[2]>/<id[3]>/<id[4]>/<id>.mp3 (or .wav/.flac/.ogg); see datasets/msd/README.md.')
+      f'<id[2]>/<id[3]>/<id[4]>/<id>.mp3 (or .wav/.flac/.ogg); see {README}.')
 
   def _find_audio(self, root: str, msd_id: str) -> str | None:
     stem = os.path.join(root, audio_stem(msd_id))

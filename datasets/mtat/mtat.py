@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from datasets import common
+from .. import common
 
 # The reference's column order (split/mtat/tags.npy, identical to musicnn's MTT_LABELS): the 50
 # most frequent tags of annotations_final.csv. top50_tags.txt swaps 'metal'/'female voice'.
@@ -43,10 +43,10 @@ class Mtat(common.ManualAudioBuilder):
   TASK = 'tagging'
   CLIP_SECONDS = 29.1
   HOMEPAGE = 'https://mirg.city.ac.uk/codeapps/the-magnatagatune-dataset'
-  README = 'datasets/mtat/README.md'
+  README = common.readme_path(__file__)
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Put annotations_final.csv and the extracted mp3 tree (folders 0, 1, ..., f from '
-      'mp3.zip.001-003) directly in manual_dir; see datasets/mtat/README.md.')
+      f'mp3.zip.001-003) directly in manual_dir; see {README}.')
 
   def _make_splits(self, root):
     (csv_path,) = common.require_files(root, [ANNOTATIONS], self.README)

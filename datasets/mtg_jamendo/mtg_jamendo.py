@@ -7,7 +7,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from datasets import common
+from .. import common
 
 # The reference binarises with LabelBinarizer().fit(TAGS), whose columns are the tags sorted
 # alphabetically, not the order of its TAGS list.
@@ -88,10 +88,10 @@ class MtgJamendo(common.ManualAudioBuilder):
   # The mean track length; each clip's shard-plan length comes from the TSV's DURATION instead.
   CLIP_SECONDS = 245.0
   HOMEPAGE = 'https://mtg.github.io/mtg-jamendo-dataset/'
-  README = 'datasets/mtg_jamendo/README.md'
+  README = common.readme_path(__file__)
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Put autotagging_top50tags-{train,validation,test}.tsv (data/splits/split-0) and the '
-      'audio folders 00/ ... 99/ directly in manual_dir; see datasets/mtg_jamendo/README.md.')
+      f'audio folders 00/ ... 99/ directly in manual_dir; see {README}.')
 
   def _stored_seconds(self, duration: float) -> float:
     """Expected stored length of a track of `duration` s (what the shard plan counts)."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from datasets import common
+from .. import common
 
 WORDS = (
     'backward', 'bed', 'bird', 'cat', 'dog', 'down', 'eight', 'five', 'follow', 'forward', 'four',
@@ -23,10 +23,10 @@ class SpeechCommands35(common.ManualAudioBuilder):
   TASK = 'keywords'
   CLIP_SECONDS = 1.0
   HOMEPAGE = 'https://arxiv.org/abs/1804.03209'
-  README = 'datasets/speech_commands/README.md'
+  README = common.readme_path(__file__)
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Extract speech_commands_v0.02.tar.gz into manual_dir (the 35 word folders, '
-      'validation_list.txt, testing_list.txt); see datasets/speech_commands/README.md.')
+      f'validation_list.txt, testing_list.txt); see {README}.')
 
   def _make_splits(self, root):
     list_paths = common.require_files(root, list(LIST_OF_SPLIT.values()), self.README)

@@ -11,7 +11,7 @@ from typing import Dict, FrozenSet, Tuple
 
 import numpy as np
 
-from datasets.synth_gm import compose, render
+from . import compose, render
 
 SAMPLE_RATE = render.SAMPLE_RATE
 # Fixed gain from the soundfont's raw output to the stored mix. Chosen so that the loudest clips

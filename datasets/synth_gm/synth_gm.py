@@ -24,7 +24,7 @@ from typing import Dict, Optional
 import numpy as np
 import tensorflow_datasets as tfds
 
-from datasets.synth_gm import clips, compose
+from . import clips, compose
 from hcnn_jax.data.ordered_pool import OrderedPool, default_workers
 
 _DESCRIPTION = """\

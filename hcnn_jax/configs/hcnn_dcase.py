@@ -1,6 +1,6 @@
 """Harmonic CNN sound event tagging on DCASE 2017 task 4 (17 classes; ICASSP 2020, ddhf).
 
-    python -m datasets.build dcase2017_task4 --data_dir data --manual_dir /path/to/dcase2017
+    hcnn-build dcase2017_task4 --data_dir data --manual_dir /path/to/dcase2017
     python train.py --config hcnn_jax/configs/hcnn_dcase.py --workdir runs/hcnn_dcase
     python eval.py --config hcnn_jax/configs/hcnn_dcase.py --workdir runs/hcnn_dcase --split test
 

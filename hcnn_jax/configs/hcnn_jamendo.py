@@ -1,7 +1,7 @@
 """Harmonic CNN on MTG-Jamendo autotagging top-50 (split-0, whole tracks; config_name 'excerpt30'
 for the centred 30 s).
 
-    python -m datasets.build mtg_jamendo --data_dir data --manual_dir /path/to/audio --config full
+    hcnn-build mtg_jamendo --data_dir data --manual_dir /path/to/audio --config full
     python train.py --config hcnn_jax/configs/hcnn_jamendo.py --workdir runs/hcnn_jamendo \
         --config.batch_size=16
     python eval.py --config hcnn_jax/configs/hcnn_jamendo.py --workdir runs/hcnn_jamendo \

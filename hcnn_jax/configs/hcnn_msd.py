@@ -1,6 +1,6 @@
 """Harmonic CNN on the Million Song Dataset with Choi's filtered split and Last.fm top-50 tags.
 
-    python -m datasets.build msd --data_dir data --manual_dir /path/to/audio --config choi
+    hcnn-build msd --data_dir data --manual_dir /path/to/audio --config choi
     python train.py --config hcnn_jax/configs/hcnn_msd.py --workdir runs/hcnn_msd \
         --config.batch_size=16
     python eval.py --config hcnn_jax/configs/hcnn_msd.py --workdir runs/hcnn_msd --split test

@@ -1,6 +1,6 @@
 """Harmonic CNN on MagnaTagATune (top-50 tags, clean split 15,247 / 1,529 / 4,332).
 
-    python -m datasets.build mtat --data_dir data --manual_dir /path/to/audio
+    hcnn-build mtat --data_dir data --manual_dir /path/to/audio
     python train.py --config hcnn_jax/configs/hcnn_mtat.py --workdir runs/hcnn_mtat \
         --config.batch_size=16
     python eval.py --config hcnn_jax/configs/hcnn_mtat.py --workdir runs/hcnn_mtat --split test

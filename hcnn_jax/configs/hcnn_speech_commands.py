@@ -1,6 +1,6 @@
 """Harmonic CNN keyword spotting on Speech Commands v0.02, 35 words (ICASSP 2020, ddhf).
 
-    python -m datasets.build speech_commands35 --data_dir data --manual_dir /path/to/speech_commands
+    hcnn-build speech_commands35 --data_dir data --manual_dir /path/to/speech_commands
     python train.py --config hcnn_jax/configs/hcnn_speech_commands.py --workdir runs/hcnn_kws
     python eval.py --config hcnn_jax/configs/hcnn_speech_commands.py --workdir runs/hcnn_kws
 

@@ -284,8 +284,8 @@ def write_fake_dataset(data_dir: str | os.PathLike, config_name: str | None = No
 
 
 def _build_command(name: str, data_dir: str, config_name: str | None) -> str:
-  cmd = f'python -m datasets.build {name} --data_dir {data_dir}'
-  return cmd + (f' --config {config_name}' if config_name else '')
+  from hcnn_jax.data import builders  # pylint: disable=import-outside-toplevel
+  return builders.build_command(name, data_dir, config_name)
 
 
 def prepared_dir(name: str, data_dir: str | os.PathLike,

@@ -36,8 +36,8 @@ from hcnn_jax.tools.import_torch_layouts import (MODEL_TABLES, REFERENCE_CLASSES
                                                  SUPPORTED_MODELS, infer_model_name, unwrap)
 
 # Dataset names whose tag order `--tags NAME` takes from the dataset builders of this repository.
-_TAG_SETS = {'mtat': 'datasets.mtat.mtat', 'msd': 'datasets.msd.msd',
-             'mtg_jamendo': 'datasets.mtg_jamendo.mtg_jamendo'}
+# Modules inside the builders package (datasets/ of a checkout, hcnn_datasets of the wheel).
+_TAG_SETS = {'mtat': 'mtat.mtat', 'msd': 'msd.msd', 'mtg_jamendo': 'mtg_jamendo.mtg_jamendo'}
 # Our task of each model (tasks.py): ddhf's DCASE head is multi-label, its keyword head softmax.
 _TASKS = {'hcnn_events': 'events', 'hcnn_keywords': 'keywords'}
 # torch's advice around a weights_only refusal; the rest of its message is the reason.
@@ -52,12 +52,12 @@ def _tag_names(tags: Optional[str], num_classes: int) -> List[str]:
           '(pass --tags mtat, msd, mtg_jamendo or a file for the real names)', file=sys.stderr)
     return [f'class_{i:02d}' for i in range(num_classes)]
   if tags in _TAG_SETS:
-    import importlib  # pylint: disable=import-outside-toplevel
+    from hcnn_jax.data import builders  # pylint: disable=import-outside-toplevel
     try:
-      names = list(importlib.import_module(_TAG_SETS[tags]).TAGS)
-    except ImportError as err:
-      raise ValueError(f'--tags {tags}: the dataset builders are not importable ({err}); run '
-                       'from the repository root or pass a tag file') from None
+      names = list(builders.module(_TAG_SETS[tags]).TAGS)
+    except (ImportError, ValueError) as err:
+      raise ValueError(f'--tags {tags}: the dataset builders are not importable ({err}); '
+                       'pass a tag file') from None
   elif os.path.isfile(tags):
     if tags.endswith('.npy'):
       names = [str(t) for t in np.load(tags, allow_pickle=False).reshape(-1)]
@@ -168,7 +168,7 @@ def _model_kwargs_arg(text: Optional[str], n_mels: Optional[int]) -> Dict[str, A
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(
-      prog='python -m hcnn_jax.tools.import_torch',
+      prog='hcnn-import-torch',
       description='Convert a reference best_model.pth (sota HarmonicCNN or a zoo model, or a ddhf '
                   'HarmonicCNN) into an hcnn-jax checkpoint.')
   parser.add_argument('pth', help='the PyTorch state_dict file (best_model.pth)')

@@ -1,4 +1,5 @@
-"""The command line of `python -m hcnn_jax.tools.interpret` (see that module for the commands).
+"""The command line of `hcnn-interpret`, also `python -m hcnn_jax.tools.interpret` (see that
+module for the commands).
 
 Reads the checkpoint and the audio, runs the analyses of `interpret` and draws the figures of
 `interpret_plots`.
@@ -16,7 +17,7 @@ import numpy as np
 from hcnn_jax.tools.interpret import (COMMANDS, attention_scores, feature_rows_hz,
                                       filterbank_state, saliency, tag_contribution)
 
-PROG = 'python -m hcnn_jax.tools.interpret'
+PROG = 'hcnn-interpret'
 DESCRIPTION = ('What a trained model looks at: its learned filterbank, saliency, attention and '
                'tag contributions.')
 

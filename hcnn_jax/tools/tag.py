@@ -1,7 +1,7 @@
 """`hcnn-tag`: tag your own audio files with a trained (or imported) model.
 
-    hcnn-tag FILE... (--workdir DIR | --checkpoint PATH) [--top_k 5] [--json] [--plot out.png]
-                     [--hop_seconds S] [--batch_chunks N]
+    hcnn-tag FILE... (--workdir DIR | --checkpoint PATH) [--top_k 5] [--json] [--per_chunk]
+                     [--plot out.png] [--hop_seconds S] [--batch_chunks N]
 
 Any format soundfile decodes (wav, flac, ogg, mp3, aiff, au, caf, w64, ...), any sample rate
 (resampled with soxr), mono or multi-channel (averaged), any length: files are decoded, resampled
@@ -13,6 +13,11 @@ A bad file gets one line on stderr naming it and saying what is wrong, whatever 
 the other files are still tagged. File names that are not UTF-8 are shown with their undecodable
 bytes as \\xNN, in text and JSON. No NaN score is ever printed: a file whose scores are not finite
 is reported as an error. The JSON output is strict (RFC 8259: no NaN or Infinity tokens).
+
+The JSON names what produced it: the model, the dataset it was trained on and the checkpoint
+(its path as given on the command line plus the step folder chosen in it, and the step), with
+the chunk length and hop. `--per_chunk` adds every chunk's start and end (seconds) and scores,
+in the JSON and, as the top tags, in the text.
 
 Exit codes: 0 all files tagged, 1 some file could not be tagged, 2 usage errors (bad flags, a
 --plot path that cannot be written, no loadable checkpoint), 130 interrupted (Ctrl-C): the
@@ -32,7 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from hcnn_jax.data.audio import display_path
 # TagResult and tagging_starts lived here before tagger.py; callers still import them.
 from hcnn_jax.tools.tagger import (  # pylint: disable=unused-import
-    DEFAULT_BATCH_CHUNKS, SAMPLE_RATE, Tagger, TagResult, tagging_starts)
+    DEFAULT_BATCH_CHUNKS, SAMPLE_RATE, Tagger, TagResult, tagging_starts, top_tags)
 
 PROG = 'hcnn-tag'
 # What matplotlib's savefig writes; without a known suffix it would append '.png' to the name.
@@ -66,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
                       help='a checkpoint directory (best/, checkpoints/, or a step)')
   parser.add_argument('--top_k', type=int, default=5, help='tags printed per file (default 5)')
   parser.add_argument('--json', action='store_true', help='print JSON instead of text')
+  parser.add_argument('--per_chunk', action='store_true',
+                      help="also give each chunk's start/end seconds and scores")
   parser.add_argument('--plot', metavar='FILE.png',
                       help='draw a tagogram (tags × time) of every file into this image file '
                            f'(its folder must exist; suffix one of {", ".join(PLOT_FORMATS)})')
@@ -94,17 +101,38 @@ def plot_path_problem(path: str) -> Optional[str]:
   return None
 
 
-def _text(result: TagResult, class_names: Sequence[str], k: int) -> str:
+def checkpoint_source(where: str) -> Dict[str, Any]:
+  """The checkpoint a workdir or checkpoint path means: its step directory, shown as `where`
+  (as the user gave it, relative or absolute) joined with the folders chosen inside it, and its
+  step. ValueError when there is none."""
+  from hcnn_jax.training import checkpoint  # pylint: disable=import-outside-toplevel
+  directory, step, _ = checkpoint.resolve(where)
+  step_dir = os.path.join(directory, str(step))
+  shown = os.path.normpath(os.path.join(where, os.path.relpath(step_dir, os.path.abspath(where))))
+  return {'path': shown, 'step': int(step), 'directory': step_dir}
+
+
+def _chunks(result: TagResult):
+  """(start, end, probabilities) of each chunk."""
+  return zip(result.starts, result.ends, result.chunk_probs)
+
+
+def _text(result: TagResult, class_names: Sequence[str], k: int, per_chunk: bool = False) -> str:
   lines = [f'{display_path(result.path)}  ({result.duration:.2f} s, {len(result.times)} chunk'
            f'{"s" if len(result.times) != 1 else ""})']
   width = max(len(name) for name, _ in result.top(class_names, k))
   for rank, (name, score) in enumerate(result.top(class_names, k), 1):
     lines.append(f'  {rank:2d}. {name:<{width}}  {score:.3f}')
+  if per_chunk:
+    for start, end, probs in _chunks(result):
+      lines.append(f'  {start:8.2f}-{end:.2f} s: ' + ', '.join(
+          f'{name} {score:.3f}' for name, score in top_tags(probs, class_names, k)))
   return '\n'.join(lines)
 
 
-def _json_entry(result: TagResult, class_names: Sequence[str], k: int) -> Dict[str, Any]:
-  return {
+def _json_entry(result: TagResult, class_names: Sequence[str], k: int,
+                per_chunk: bool = False) -> Dict[str, Any]:
+  entry = {
       'file': display_path(result.path),
       'duration_seconds': round(result.duration, 4),
       'num_chunks': int(len(result.times)),
@@ -112,6 +140,12 @@ def _json_entry(result: TagResult, class_names: Sequence[str], k: int) -> Dict[s
               result.top(class_names, k)],
       'scores': {name: round(float(s), 6) for name, s in zip(class_names, result.probs)},
   }
+  if per_chunk:
+    entry['chunks'] = [
+        {'start_seconds': round(float(start), 4), 'end_seconds': round(float(end), 4),
+         'scores': {name: round(float(s), 6) for name, s in zip(class_names, probs)}}
+        for start, end, probs in _chunks(result)]
+  return entry
 
 
 def _error(message: str) -> None:
@@ -127,9 +161,11 @@ def _file_error(path: str, err: Exception) -> str:
   return ' '.join(f'{display_path(path)}: cannot be tagged ({what})'.split())
 
 
-def _dump_json(results, failures, class_names, k: int, interrupted: bool) -> str:
-  report: Dict[str, Any] = {'results': [_json_entry(r, class_names, k) for r in results],
-                            'errors': failures}
+def _dump_json(results, failures, class_names, k: int, interrupted: bool,
+               header: Optional[Dict[str, Any]] = None, per_chunk: bool = False) -> str:
+  report: Dict[str, Any] = dict(header or {})
+  report.update({'results': [_json_entry(r, class_names, k, per_chunk) for r in results],
+                 'errors': failures})
   if interrupted:
     report['interrupted'] = True
   # allow_nan=False: a strict parser rejects NaN/Infinity tokens, so none may be written. The
@@ -143,12 +179,22 @@ def _run(args, state: Dict[str, Any]) -> int:
   logging.getLogger('absl').setLevel(logging.ERROR)
   where = args.workdir or args.checkpoint
   try:
-    tagger, class_names, _ = load_tagger(where, args.hop_seconds, args.batch_chunks)
+    source = checkpoint_source(where)
+    # The step directory just named, so that the JSON names the checkpoint that was loaded.
+    tagger, class_names, config = load_tagger(source['directory'], args.hop_seconds,
+                                              args.batch_chunks)
   except Exception as err:  # pylint: disable=broad-except
     # Whatever is wrong with the checkpoint directory, the user gets one line, not a traceback.
     _error(f'cannot load a model from {display_path(where)}: {err}')
     return 2
   state['class_names'] = class_names
+  state['header'] = {
+      'model': str(config.model.name),
+      'dataset': str(config.dataset.name),
+      'checkpoint': {'path': display_path(source['path']), 'step': source['step']},
+      'chunk_seconds': round(tagger.input_length / tagger.sample_rate, 4),
+      'hop_seconds': round(tagger.hop_length / tagger.sample_rate, 4),
+  }
   tagger.check = state['check']
   k = min(args.top_k, len(class_names))
   for path in args.files:
@@ -163,9 +209,10 @@ def _run(args, state: Dict[str, Any]) -> int:
       continue
     state['results'].append(result)
     if not args.json:
-      print(_text(result, class_names, k), flush=True)
+      print(_text(result, class_names, k, args.per_chunk), flush=True)
   if args.json:
-    report = _dump_json(state['results'], state['failures'], class_names, k, False)
+    report = _dump_json(state['results'], state['failures'], class_names, k, False,
+                        state['header'], args.per_chunk)
     state['printed'] = True
     print(report, flush=True)
   if args.plot and state['results']:
@@ -184,8 +231,8 @@ def _interrupted(args, state: Dict[str, Any]) -> int:
   results, failures = state['results'], state['failures']
   if args.json and not state.get('printed'):
     names = state.get('class_names') or []
-    print(_dump_json(results, failures, names, min(args.top_k, max(len(names), 1)), True),
-          flush=True)
+    print(_dump_json(results, failures, names, min(args.top_k, max(len(names), 1)), True,
+                     state.get('header'), args.per_chunk), flush=True)
   _error(f'interrupted: {len(results)} of {len(args.files)} files tagged'
          f'{", " + str(len(failures)) + " failed" if failures else ""}')
   return EXIT_INTERRUPTED

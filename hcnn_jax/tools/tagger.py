@@ -47,22 +47,31 @@ def _bucket(n: int, cap: int) -> int:
   return min(cap, 1 << max(0, int(n) - 1).bit_length())
 
 
+def top_tags(probs: np.ndarray, class_names: Sequence[str], k: int):
+  """The `k` best (name, score) pairs of one score vector, best first (ties in class order)."""
+  order = np.argsort(-np.asarray(probs), kind='stable')[:k]
+  return [(class_names[i], float(probs[i])) for i in order]
+
+
 class NonFiniteScores(ValueError):
   """The model gave NaN or Inf for some chunk: such scores are never reported."""
 
 
 @dataclasses.dataclass
 class TagResult:
-  """Scores of one file: per chunk (num_chunks, C), their mean (C,), chunk centres in seconds."""
+  """Scores of one file: per chunk (num_chunks, C), their mean (C,), chunk centres in seconds,
+  and where each chunk starts and ends in the file (seconds; a chunk of a file shorter than the
+  model's input ends with the file, the rest of it being zero padding)."""
   path: str
   duration: float
   chunk_probs: np.ndarray
   probs: np.ndarray
   times: np.ndarray
+  starts: Optional[np.ndarray] = None
+  ends: Optional[np.ndarray] = None
 
   def top(self, class_names: Sequence[str], k: int):
-    order = np.argsort(-self.probs, kind='stable')[:k]
-    return [(class_names[i], float(self.probs[i])) for i in order]
+    return top_tags(self.probs, class_names, k)
 
 
 class Tagger:
@@ -172,6 +181,8 @@ class Tagger:
     except NonFiniteScores as e:
       raise AudioError(path, str(e)) from e
     duration = total / self.sample_rate
-    centres = (starts + min(self.input_length, total) / 2.0) / self.sample_rate
-    return TagResult(os.fsdecode(path), duration, chunk_probs, chunk_probs.mean(axis=0), centres)
+    span = min(self.input_length, total)
+    centres = (starts + span / 2.0) / self.sample_rate
+    return TagResult(os.fsdecode(path), duration, chunk_probs, chunk_probs.mean(axis=0), centres,
+                     starts / self.sample_rate, (starts + span) / self.sample_rate)
 

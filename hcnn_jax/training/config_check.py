@@ -108,7 +108,7 @@ def _check_dataset(config, problems: List[str]) -> None:
     return
   if not ds.get('data_dir'):
     problems.append(f'dataset.data_dir: dataset {name!r} needs the directory it is prepared in '
-                    f'(python -m datasets.build {name} --data_dir DIR)')
+                    f'(hcnn-build {name} --data_dir DIR)')
 
 
 def _check_task(config, problems: List[str]) -> None:

@@ -83,7 +83,7 @@ def test_not_prepared_names_directory_and_command(tmp_path):
     sources.load('mtat', 'train', str(tmp_path))
   msg = str(err.value)
   assert os.path.join(str(tmp_path), 'mtat') in msg
-  assert f'python -m datasets.build mtat --data_dir {tmp_path}' in msg
+  assert f'hcnn-build mtat --data_dir {tmp_path}' in msg
   with pytest.raises(ValueError, match='--config small'):
     sources.load('mtat', 'train', str(tmp_path), config_name='small')
   with pytest.raises(ValueError, match='data_dir'):

@@ -205,3 +205,40 @@ def test_a_ctrl_c_python_would_swallow_is_not_lost(workdir, tmp_path, capsys, mo
   assert code == 130
   assert out.count('(1.00 s, 1 chunk)') == 1 and 'Exception ignored' not in err
   assert err == 'hcnn-tag: error: interrupted: 1 of 2 files tagged\n'
+
+
+def test_json_names_its_model_and_checkpoint_and_gives_chunks(workdir, tmp_path, capsys,
+                                                             monkeypatch):
+  long, short = tmp_path / 'long.wav', tmp_path / 'short.wav'
+  sf.write(long, tones(36800), SR)  # 2.3 s: chunks at 0, 0.5, 1.0 and one flush with the end
+  sf.write(short, tones(8000), SR)  # 0.5 s: one zero-padded chunk, which ends with the file
+  (step,) = os.listdir(os.path.join(workdir, 'best'))
+  # Run from the workdir's parent with a relative --workdir: the JSON keeps it relative.
+  monkeypatch.chdir(os.path.dirname(workdir))
+  given = os.path.basename(workdir)
+  code, out, err = run(capsys, [str(long), str(short), '--workdir', given, '--json',
+                                '--per_chunk', '--top_k', '2'])
+  assert code == 0 and err == ''
+  report = strict(out)
+  assert report['model'] == 'hcnn' and report['dataset'] == 'fake'
+  assert report['checkpoint'] == {'path': os.path.join(given, 'best', step), 'step': int(step)}
+  assert report['chunk_seconds'] == 1.0 and report['hop_seconds'] == 0.5
+  first, second = report['results']
+  assert [(c['start_seconds'], c['end_seconds']) for c in first['chunks']] == [
+      (0.0, 1.0), (0.5, 1.5), (1.0, 2.0), (1.3, 2.3)]
+  assert [(c['start_seconds'], c['end_seconds']) for c in second['chunks']] == [(0.0, 0.5)]
+  for entry in (first, second):  # the file's scores are the mean of its chunks'
+    for name, score in entry['scores'].items():
+      chunk_scores = [c['scores'][name] for c in entry['chunks']]
+      assert score == pytest.approx(np.mean(chunk_scores), abs=2e-6)
+  # Without --per_chunk no chunks; a checkpoint path given absolutely stays as given.
+  code, out, _ = run(capsys, [str(short), '--checkpoint', os.path.join(workdir, 'best'),
+                              '--json'])
+  report = strict(out)
+  assert code == 0 and 'chunks' not in report['results'][0]
+  assert report['checkpoint']['path'] == os.path.join(workdir, 'best', step)
+  # The text gives each chunk's span and top tags.
+  code, out, _ = run(capsys, [str(long), '--workdir', given, '--per_chunk', '--top_k', '1'])
+  lines = out.splitlines()
+  assert code == 0 and len(lines) == 2 + 4
+  assert lines[2].strip().startswith('0.00-1.00 s: ') and lines[-1].strip().startswith('1.30-2.30')
