@@ -344,7 +344,7 @@ def resolve(path: str) -> Tuple[str, int, str]:
     if steps:
       kind = 'best' if os.path.basename(directory) == BEST_DIR else 'periodic'
       return directory, max(steps), kind
-  raise ValueError(f'no checkpoint found under {path}: train first (train.py --workdir {path}) '
+  raise ValueError(f'no checkpoint found under {path}: train first (hcnn-train --workdir {path}) '
                    'or pass the directory of a finished run')
 
 

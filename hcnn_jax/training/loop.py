@@ -447,7 +447,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, split: str = 'test
     path = os.path.join(workdir, sub)
     if not os.path.isdir(path):
       raise ValueError(f'no checkpoint found under {workdir} (it has no {sub}/): train first '
-                       f'(python train.py --config ... --workdir {workdir}) or pass the workdir '
+                       f'(hcnn-train --config ... --workdir {workdir}) or pass the workdir '
                        'of a trained run')
   else:
     path = checkpoint
