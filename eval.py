@@ -5,7 +5,7 @@
 The checkout's name for the console script `hcnn-eval`: the code and its documentation are in
 hcnn_jax/cli/eval.py, which the wheel ships.
 """
-from hcnn_jax.cli.eval import main, run  # noqa: F401
+from hcnn_jax.cli.eval import define_flags, main, run  # noqa: F401
 
 if __name__ == '__main__':
   run(prog='eval.py')

@@ -5,7 +5,7 @@
 The checkout's name for the console script `hcnn-train`: the code and its documentation are in
 hcnn_jax/cli/train.py, which the wheel ships.
 """
-from hcnn_jax.cli.train import ensure_embedded_dataset, main, run  # noqa: F401
+from hcnn_jax.cli.train import define_flags, ensure_embedded_dataset, main, run  # noqa: F401
 
 if __name__ == '__main__':
   run(prog='train.py')

@@ -125,6 +125,16 @@ def test_wheel_builds_trains_evaluates_and_tags_from_another_directory(tmp_path,
   (result,) = report['results']
   assert result['file'] == 'song.wav' and len(result['scores']) == 26
 
+  # The absl tools run as `python -m` runs them, the shipped config found by its bare name: a
+  # mistyped key is their one-line error, before any work.
+  done = subprocess.run([bin_dir / 'hcnn-robustness', '--config', 'hcnn_synth_tiny', '--workdir',
+                         'run', '--config.batchsize=8'], cwd=work, env=env, capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert done.returncode == 1 and done.stderr.startswith(
+      'robustness: error: --config.batchsize: no such key in '), done.stderr[-3000:]
+  for script in ('hcnn-interpret', 'hcnn-import-torch'):
+    assert script in _run([bin_dir / script, '--help'], work, env)
+
 
 def test_builders_work_under_the_wheels_name_beside_another_datasets(tmp_path):
   """The builders' folder imported as `hcnn_datasets` (a link standing for the installed copy),

@@ -1,13 +1,13 @@
 """The console scripts the wheel installs, and what they share.
 
-    hcnn-train        train a config, evaluate its best checkpoint        (train.py)
-    hcnn-eval         track-level evaluation of a trained run             (eval.py)
-    hcnn-build        prepare a dataset as array_record                   (python -m datasets.build)
-    hcnn-tag          tag audio files                                     (hcnn_jax.tools.tag)
-    hcnn-ablation     the harmonics study                                 (hcnn_jax.tools.ablation)
-    hcnn-robustness   accuracy under audio deformations                   (hcnn_jax.tools.robustness)
-    hcnn-interpret    filters, saliency, attention, tag contributions     (hcnn_jax.tools.interpret)
-    hcnn-import-torch a reference best_model.pth as a checkpoint         (hcnn_jax.tools.import_torch)
+    hcnn-train         train a config, evaluate its best checkpoint     (train.py)
+    hcnn-eval          track-level evaluation of a trained run          (eval.py)
+    hcnn-build         prepare a dataset as array_record                (python -m datasets.build)
+    hcnn-tag           tag audio files                                  (-m hcnn_jax.tools.tag)
+    hcnn-ablation      the harmonics study                              (-m hcnn_jax.tools.ablation)
+    hcnn-robustness    accuracy under audio deformations                (-m ...tools.robustness)
+    hcnn-interpret     filters, saliency, attention, tag contributions  (-m ...tools.interpret)
+    hcnn-import-torch  a reference best_model.pth as a checkpoint       (-m ...tools.import_torch)
 
 In a checkout the commands in brackets do the same. Every one works from any directory: a
 `--config` that is not a file there but names one of the shipped configs

@@ -34,6 +34,8 @@ def main(entry: str, workdir: str) -> None:
                                     'ablation': 'hcnn_jax.tools.ablation'}[entry])
   if entry == 'ablation':
     module._define_flags()  # pylint: disable=protected-access
+  elif entry in ('train', 'eval'):
+    module.define_flags()  # what their run() does first, as the console scripts do
   after_import = xla_bridge.backends_are_initialized()
   flags.FLAGS([entry, '--config', 'hcnn_jax/configs/fake_tiny.py', '--workdir', workdir])
   try:
