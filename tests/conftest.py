@@ -7,6 +7,7 @@ harmonic tones, 1/h partials), 'noise' (white Gaussian, seeded).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,3 +91,14 @@ def cache_dir(request):
   for key, value in before.items():
     jax.config.update(key, value)
   jax_cache.reset_cache()
+
+
+@pytest.fixture(scope='module')
+def env(request):
+  """The environment of a subprocess that runs the repo's entry points (train.py, eval.py) on the
+  CPU, sharing the persistent compilation cache of `cache_dir`."""
+  cache = request.config.cache.mkdir('jax_compilation_cache')
+  return dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+              JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=str(cache),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')

@@ -30,15 +30,6 @@ CONFIG = ['--config', 'hcnn_jax/configs/fake_tiny.py',
           '--config.steps_per_epoch=2']
 
 
-@pytest.fixture(scope='module')
-def env(request):
-  cache = request.config.cache.mkdir('jax_compilation_cache')
-  return dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu',
-              JAX_COMPILATION_CACHE_DIR=str(cache),
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
-
-
 def _run(args, env, devices: int) -> str:
   env = dict(env, XLA_FLAGS=(env.get('XLA_FLAGS', '') +
                              f' --xla_force_host_platform_device_count={devices}').strip())

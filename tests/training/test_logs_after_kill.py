@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from tensorboardX.proto import event_pb2
 
 from hcnn_jax.training import checkpoint as ckpt_lib
@@ -55,15 +54,6 @@ sys.argv = sys.argv[1:]
 runpy.run_path('train.py', run_name='__main__')
 '''
 TIMING = 'train/steps_per_sec'
-
-
-@pytest.fixture(scope='module')
-def env(request):
-  cache = request.config.cache.mkdir('jax_compilation_cache')
-  return dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu',
-              JAX_COMPILATION_CACHE_DIR=str(cache),
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
 
 
 def _train(workdir: Path, env, log: Path, kill_at: str = '') -> int:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import pytest
 
 from hcnn_jax.training import checkpoint as ckpt_lib
 from hcnn_jax.training import writers
@@ -31,15 +30,6 @@ COMMAND = [
     '--config.num_epochs=2', '--config.steps_per_epoch=6', '--config.checkpoint_every_steps=2',
     '--config.log_every_steps=2',
 ]
-
-
-@pytest.fixture(scope='module')
-def env(request):
-  cache = request.config.cache.mkdir('jax_compilation_cache')
-  return dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu',
-              JAX_COMPILATION_CACHE_DIR=str(cache),
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
 
 
 def _run(workdir: Path, env, log: Path) -> subprocess.CompletedProcess:
