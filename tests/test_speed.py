@@ -5,6 +5,10 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
+import pytest
+
 from hcnn_jax import speed
 
 FLAG = '--xla_cpu_experimental_ynn_fusion_type='
@@ -64,3 +68,12 @@ def test_xla_cpu_keeps_the_convolutions_of_a_gradient_out_of_ynnpack():
   assert convs >= 3 and in_ynn == 0  # forward, input and kernel gradients: XLA's own
   # Without the package's flags this jaxlib hands them to YNNPACK (the check can fail).
   assert _convs_and_ynn_convs('plain')[1] > 0
+
+
+@pytest.mark.parametrize('cin,custom', [(1, True), (6, True), (9, False)])
+def test_cpu_first_layers_take_the_gemm_input_gradient(cin, custom):
+  x, k = jnp.ones((1, 6, 5, cin)), jnp.ones((3, 3, cin, 4))
+  jaxpr = str(jax.make_jaxpr(lambda x, k: speed.conv_general_dilated(
+      x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')))(x, k))
+  assert ('custom_vjp_call' in jaxpr) == (custom and jax.default_backend() == 'cpu')
+  assert 'conv_general_dilated' in jaxpr  # the forward pass is XLA's convolution either way

@@ -9,8 +9,9 @@ backward pass gathers the input's windows once (im2col) and computes
     d kernel = windowsᵀ · dy        d windows = dy · kernelᵀ   (scattered back onto the input),
 
 both GEMMs with the kernel's window (H·W·C_in) as one side. The values are those of XLA's
-gradients up to summation order. Pass `conv_general_dilated=conv_matmul_grads` to `nn.Conv`;
-cases other than a stride-1, undilated, ungrouped NHWC convolution go to XLA unchanged.
+gradients up to summation order. Pass `conv_general_dilated=conv_matmul_grads` to `nn.Conv`
+(or `conv_matmul_input_grad`, which keeps XLA's kernel gradient: `hcnn_jax.speed` picks it for
+first layers on the CPU); cases other than a stride-1, undilated, ungrouped NHWC convolution go to XLA unchanged.
 Reverse mode only (a custom VJP): for jax.jvp / jacfwd through a model, use conv_grads='xla'.
 """
 from __future__ import annotations
@@ -44,28 +45,50 @@ def _conv_fwd(x, kernel, padding, precision):
   return _conv(x, kernel, padding, precision), (x, kernel)
 
 
+def _input_grad(x, kernel, padding, precision, g):
+  """d x = (dy · kernelᵀ) scattered back from the windows (the transpose of `_windows`)."""
+  kh, kw, cin, cout = kernel.shape
+  _, scatter = jax.vjp(lambda x: _windows(x, kh, kw, padding), x)
+  dcols = jnp.einsum('bhwc,kc->bhwk', g, kernel.reshape(kh * kw * cin, cout).astype(g.dtype),
+                     precision=precision)
+  return scatter(dcols.astype(x.dtype))[0]
+
+
 def _conv_bwd(padding, precision, residuals, g):
   x, kernel = residuals
   kh, kw, cin, cout = kernel.shape
-  cols, scatter = jax.vjp(lambda x: _windows(x, kh, kw, padding), x)
-  flat = kernel.reshape(kh * kw * cin, cout)
+  cols = _windows(x, kh, kw, padding)
   dkernel = jnp.einsum('bhwk,bhwc->kc', cols, g.astype(cols.dtype), precision=precision,
                        preferred_element_type=jnp.float32)
-  dcols = jnp.einsum('bhwc,kc->bhwk', g, flat.astype(g.dtype), precision=precision)
-  dx, = scatter(dcols.astype(cols.dtype))
+  dx = _input_grad(x, kernel, padding, precision, g)
   return dx, dkernel.reshape(kernel.shape).astype(kernel.dtype)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_dx(x, kernel, padding, precision):
+  return _conv(x, kernel, padding, precision)
+
+
+def _conv_dx_bwd(padding, precision, residuals, g):
+  x, kernel = residuals
+  _, kernel_vjp = jax.vjp(lambda k: lax.conv_general_dilated(
+      x, k, (1, 1), padding, dimension_numbers=_NHWC, precision=precision), kernel)
+  return _input_grad(x, kernel, padding, precision, g), kernel_vjp(g)[0]
+
+
+_conv_dx.defvjp(_conv_fwd, _conv_dx_bwd)
+
+
 def _plain(dims: Sequence[int] | None) -> bool:
   return dims is None or all(d == 1 for d in dims)
 
 
-def conv_matmul_grads(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                      dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-  """`lax.conv_general_dilated`'s signature; see the module docstring."""
+def _dispatch(formulation, lhs, rhs, window_strides, padding, lhs_dilation=None,
+              rhs_dilation=None, dimension_numbers=None, feature_group_count=1, precision=None,
+              **kwargs):
   pads: Tuple[Tuple[int, int], ...] | None = None
   if not isinstance(padding, str) and len(padding) == 2:
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
@@ -76,7 +99,22 @@ def conv_matmul_grads(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                     rhs_dilation, dimension_numbers, feature_group_count,
                                     precision=precision, **kwargs)
-  return _conv(lhs, rhs, pads, precision)
+  return formulation(lhs, rhs, pads, precision)
+
+
+def conv_matmul_grads(*args, **kwargs):
+  """`lax.conv_general_dilated`'s signature; both gradients as GEMMs (the module docstring)."""
+  return _dispatch(_conv, *args, **kwargs)
+
+
+def conv_matmul_input_grad(*args, **kwargs):
+  """`lax.conv_general_dilated`'s signature; the input gradient as a GEMM, the kernel's XLA's.
+
+  For a convolution over few input channels (a first layer) XLA computes the input gradient as
+  a convolution with that few output channels, while its kernel gradient, a contraction over
+  batch × positions, is already a good GEMM shape.
+  """
+  return _dispatch(_conv_dx, *args, **kwargs)
 
 
 CONV_GRADS = ('xla', 'matmul')
@@ -86,4 +124,5 @@ def conv_grads_fn(impl: str):
   """The `nn.Conv(conv_general_dilated=...)` for a model option conv_grads ∈ CONV_GRADS."""
   if impl not in CONV_GRADS:
     raise ValueError(f'conv_grads must be one of {CONV_GRADS}, got {impl!r}.')
-  return conv_matmul_grads if impl == 'matmul' else None
+  # 'xla' is XLA's convolution as it is (not the backend's choice of `speed.conv_general_dilated`).
+  return conv_matmul_grads if impl == 'matmul' else lax.conv_general_dilated
