@@ -5,3 +5,7 @@ Subpackages: `frontends` (waveform → features), `models` (back-ends, `get_mode
 light.
 """
 __version__ = '0.1.0'
+
+from hcnn_jax import speed as _speed  # noqa: E402  (XLA:CPU flags, before JAX starts a backend)
+
+_speed.apply_xla_flags()

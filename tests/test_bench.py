@@ -205,3 +205,23 @@ def test_roofline_counts_every_flop_once_and_the_conv_outputs():
   assert train['measured_fraction_of_floor'] == pytest.approx(100 / train['ceiling_overlapped'])
   with pytest.raises(SystemExit):
     roofline.main(['--peak_tflops', '0'])
+
+
+def test_vs_torch_times_the_reference_sized_twins():
+  from bench import vs_torch
+  counts = {'hcnn': 3_631_551, 'short_chunk': 3_687_348, 'short_chunk_res': 12_104_244,
+            'fcn': 447_732, 'musicnn': 784_300, 'crnn': 394_100, 'sample': 1_869_874,
+            'sample_se': 6_951_858, 'attention': 10_521_652}  # docs/zoo.md
+  assert set(vs_torch.TWINNED) == set(counts)
+  for name, count in counts.items():
+    assert sum(p.numel() for p in vs_torch.twin(name).parameters()) == count, name
+  with pytest.raises(SystemExit):
+    vs_torch.main(['--models', 'fcn4'])  # no sota class: refused before anything runs
+
+
+def test_compile_times_has_a_tiny_setting_for_every_registered_model():
+  from bench import compile_times
+  from hcnn_jax.models import get_model, list_models
+  assert set(compile_times.TINY) == set(list_models())
+  for name, kwargs in compile_times.TINY.items():
+    get_model(name, 3, **kwargs)  # options the builder accepts

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from hcnn_jax import speed
 from hcnn_jax.models.pooling import (  # noqa: F401  (re-exported: the blocks' public API)
     POOL_IMPLS, Pool, max_pool, max_pool_argmax, pool_fn, pool_pair)
 
@@ -35,12 +36,14 @@ def batch_norm(train: bool, axis_name: Optional[str] = None, dtype: Dtype = jnp.
 def conv2d(features: int, kernel: Sequence[int] = (3, 3), strides: Sequence[int] = (1, 1),
            padding: Any = None, use_bias: bool = True, dtype: Dtype = jnp.float32,
            name: Optional[str] = None, conv_fn: Optional[Callable] = None) -> nn.Conv:
-  """conv_fn: replaces lax.conv_general_dilated (e.g. `matmul_grad_conv.conv_matmul_grads`)."""
+  """conv_fn: replaces lax.conv_general_dilated (e.g. `matmul_grad_conv.conv_matmul_grads`);
+  by default `speed.conv_general_dilated`, the backend's fastest formulation."""
   if padding is None:  # PyTorch padding=k//2 on every side
     padding = tuple((k // 2, k // 2) for k in kernel)
   return nn.Conv(features, tuple(kernel), strides=tuple(strides), padding=padding,
                  use_bias=use_bias, kernel_init=torch_kernel_init, dtype=dtype,
-                 param_dtype=jnp.float32, name=name, conv_general_dilated=conv_fn)
+                 param_dtype=jnp.float32, name=name,
+                 conv_general_dilated=conv_fn or speed.conv_general_dilated)
 
 
 def dense(features: int, dtype: Dtype = jnp.float32, name: Optional[str] = None) -> nn.Dense:

@@ -9,8 +9,9 @@ backward pass gathers the input's windows once (im2col) and computes
     d kernel = windowsᵀ · dy        d windows = dy · kernelᵀ   (scattered back onto the input),
 
 both GEMMs with the kernel's window (H·W·C_in) as one side. The values are those of XLA's
-gradients up to summation order. Pass `conv_general_dilated=conv_matmul_grads` to `nn.Conv`;
-cases other than a stride-1, undilated, ungrouped NHWC convolution go to XLA unchanged.
+gradients up to summation order. Pass `conv_general_dilated=conv_matmul_grads` to `nn.Conv`
+(or `conv_matmul_input_grad`, which keeps XLA's kernel gradient: `hcnn_jax.speed` picks it for
+first layers on the CPU); cases other than a stride-1, undilated, ungrouped NHWC convolution go to XLA unchanged.
 Reverse mode only (a custom VJP): for jax.jvp / jacfwd through a model, use conv_grads='xla'.
 """
 from __future__ import annotations
@@ -26,12 +27,24 @@ _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
 def _windows(x: jnp.ndarray, kh: int, kw: int, padding) -> jnp.ndarray:
-  """(B, H', W', kh·kw·C) windows of x, ordered as an HWIO kernel's reshape (i, j, c)."""
+  """(B, H', W', kw·kh·C) windows of x, ordered as `_flat_kernel`'s rows (j, i, c).
+
+  Built in two stacks, the kh shifts along height and then the kw shifts of those along width:
+  kh + kw slices in the graph (and in its transpose) instead of kh·kw, which for Musicnn's
+  67 × 7 kernel were 469 slices and as many pads, a large part of its compile time.
+  """
   x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
   b, h, w, c = x.shape
   oh, ow = h - kh + 1, w - kw + 1
-  cols = jnp.stack([x[:, i:i + oh, j:j + ow] for i in range(kh) for j in range(kw)], axis=3)
-  return cols.reshape(b, oh, ow, kh * kw * c)
+  bands = jnp.stack([x[:, i:i + oh] for i in range(kh)], axis=3).reshape(b, oh, w, kh * c)
+  cols = jnp.stack([bands[:, :, j:j + ow] for j in range(kw)], axis=3)
+  return cols.reshape(b, oh, ow, kw * kh * c)
+
+
+def _flat_kernel(kernel: jnp.ndarray) -> jnp.ndarray:
+  """An HWIO kernel as the (kw·kh·C_in, C_out) matrix that `_windows`' columns multiply."""
+  kh, kw, cin, cout = kernel.shape
+  return jnp.transpose(kernel, (1, 0, 2, 3)).reshape(kw * kh * cin, cout)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -44,28 +57,51 @@ def _conv_fwd(x, kernel, padding, precision):
   return _conv(x, kernel, padding, precision), (x, kernel)
 
 
+def _input_grad(x, kernel, padding, precision, g):
+  """d x = (dy · kernelᵀ) scattered back from the windows (the transpose of `_windows`)."""
+  kh, kw = kernel.shape[:2]
+  _, scatter = jax.vjp(lambda x: _windows(x, kh, kw, padding), x)
+  dcols = jnp.einsum('bhwc,kc->bhwk', g, _flat_kernel(kernel).astype(g.dtype),
+                     precision=precision)
+  return scatter(dcols.astype(x.dtype))[0]
+
+
 def _conv_bwd(padding, precision, residuals, g):
   x, kernel = residuals
   kh, kw, cin, cout = kernel.shape
-  cols, scatter = jax.vjp(lambda x: _windows(x, kh, kw, padding), x)
-  flat = kernel.reshape(kh * kw * cin, cout)
+  cols = _windows(x, kh, kw, padding)
   dkernel = jnp.einsum('bhwk,bhwc->kc', cols, g.astype(cols.dtype), precision=precision,
                        preferred_element_type=jnp.float32)
-  dcols = jnp.einsum('bhwc,kc->bhwk', g, flat.astype(g.dtype), precision=precision)
-  dx, = scatter(dcols.astype(cols.dtype))
-  return dx, dkernel.reshape(kernel.shape).astype(kernel.dtype)
+  dkernel = jnp.transpose(dkernel.reshape(kw, kh, cin, cout), (1, 0, 2, 3))
+  dx = _input_grad(x, kernel, padding, precision, g)
+  return dx, dkernel.astype(kernel.dtype)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_dx(x, kernel, padding, precision):
+  return _conv(x, kernel, padding, precision)
+
+
+def _conv_dx_bwd(padding, precision, residuals, g):
+  x, kernel = residuals
+  _, kernel_vjp = jax.vjp(lambda k: lax.conv_general_dilated(
+      x, k, (1, 1), padding, dimension_numbers=_NHWC, precision=precision), kernel)
+  return _input_grad(x, kernel, padding, precision, g), kernel_vjp(g)[0]
+
+
+_conv_dx.defvjp(_conv_fwd, _conv_dx_bwd)
 
 
 def _plain(dims: Sequence[int] | None) -> bool:
   return dims is None or all(d == 1 for d in dims)
 
 
-def conv_matmul_grads(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                      dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-  """`lax.conv_general_dilated`'s signature; see the module docstring."""
+def _dispatch(formulation, lhs, rhs, window_strides, padding, lhs_dilation=None,
+              rhs_dilation=None, dimension_numbers=None, feature_group_count=1, precision=None,
+              **kwargs):
   pads: Tuple[Tuple[int, int], ...] | None = None
   if not isinstance(padding, str) and len(padding) == 2:
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
@@ -76,7 +112,22 @@ def conv_matmul_grads(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                     rhs_dilation, dimension_numbers, feature_group_count,
                                     precision=precision, **kwargs)
-  return _conv(lhs, rhs, pads, precision)
+  return formulation(lhs, rhs, pads, precision)
+
+
+def conv_matmul_grads(*args, **kwargs):
+  """`lax.conv_general_dilated`'s signature; both gradients as GEMMs (the module docstring)."""
+  return _dispatch(_conv, *args, **kwargs)
+
+
+def conv_matmul_input_grad(*args, **kwargs):
+  """`lax.conv_general_dilated`'s signature; the input gradient as a GEMM, the kernel's XLA's.
+
+  For a convolution over few input channels (a first layer) XLA computes the input gradient as
+  a convolution with that few output channels, while its kernel gradient, a contraction over
+  batch × positions, is already a good GEMM shape.
+  """
+  return _dispatch(_conv_dx, *args, **kwargs)
 
 
 CONV_GRADS = ('xla', 'matmul')
@@ -86,4 +137,5 @@ def conv_grads_fn(impl: str):
   """The `nn.Conv(conv_general_dilated=...)` for a model option conv_grads ∈ CONV_GRADS."""
   if impl not in CONV_GRADS:
     raise ValueError(f'conv_grads must be one of {CONV_GRADS}, got {impl!r}.')
-  return conv_matmul_grads if impl == 'matmul' else None
+  # 'xla' is XLA's convolution as it is (not the backend's choice of `speed.conv_general_dilated`).
+  return conv_matmul_grads if impl == 'matmul' else lax.conv_general_dilated

@@ -8,7 +8,7 @@ import pytest
 from flax import linen as nn
 from jax import lax
 
-from hcnn_jax.models.matmul_grad_conv import conv_matmul_grads
+from hcnn_jax.models.matmul_grad_conv import conv_matmul_grads, conv_matmul_input_grad
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 CASES = [  # input (B, H, W, C_in), kernel (kh, kw), padding, C_out
@@ -32,15 +32,18 @@ def value_and_grads(conv, x, kernel, padding, upstream, **kw):
   return out, grads
 
 
+@pytest.mark.parametrize('conv', [conv_matmul_grads, conv_matmul_input_grad])
 @pytest.mark.parametrize('shape,window,padding,cout', CASES)
-def test_values_and_gradients_match_xla(shape, window, padding, cout):
+def test_values_and_gradients_match_xla(shape, window, padding, cout, conv):
   x, kernel = random(shape, 0), random((*window, shape[-1], cout), 1)
   want = lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=NHWC)
   upstream = random(want.shape, 2)
   ref_out, (ref_dx, ref_dk) = value_and_grads(lax.conv_general_dilated, x, kernel, padding,
                                               upstream)
-  out, (dx, dk) = value_and_grads(conv_matmul_grads, x, kernel, padding, upstream)
+  out, (dx, dk) = value_and_grads(conv, x, kernel, padding, upstream)
   np.testing.assert_array_equal(np.asarray(out), np.asarray(ref_out))  # the same forward op
+  if conv is conv_matmul_input_grad:  # the kernel gradient is XLA's own
+    np.testing.assert_array_equal(np.asarray(dk), np.asarray(ref_dk))
   assert dx.shape == x.shape and dk.shape == kernel.shape
   # The gradients are other float32 sums of the same products (matmuls vs XLA's transposed
   # convolutions; dk sums over every output position): they differed by up to 1.3e-6 here, and

@@ -1,0 +1,76 @@
+"""Speed choices that never change what a model computes, per backend, in one place.
+
+XLA:CPU (jaxlib 0.10.2) hands every convolution to YNNPACK by default
+(`--xla_cpu_experimental_ynn_fusion_type` includes `individual_convolution`). YNNPACK's
+kernel gradient of a wide 3×3 convolution is slow: on the 2-core VM, HCNN's layer 2 (batch 4,
+128 → 128 channels over 64 × 156) took 2.1 s for the kernel gradient through YNNPACK against
+0.25 s through XLA's own (Eigen) convolution, and the two layer-2 kernel gradients were 4.2 s of a
+6-s full-size train step (`python -m bench.vs_torch --profile`). `apply_xla_flags` removes
+convolutions from YNNPACK's share and keeps its matmuls; the values differ only by summation
+order. Flags are read when JAX creates its CPU client, so this runs at `import hcnn_jax`, before
+any computation; a flag the user set in XLA_FLAGS is left as it is.
+
+`conv_general_dilated` is the models' 2-D convolution (`blocks.conv2d`). On the CPU, a stride-1
+convolution over at most FEW_INPUT_CHANNELS input channels (a first layer: HCNN's 6 harmonics,
+a spectrogram's 1 channel) gets its input gradient as one GEMM
+(`matmul_grad_conv.conv_matmul_input_grad`): XLA computes it as a convolution with that few
+output channels, 72 ms against 8 ms for Short-chunk CNN's first layer at batch 2, 308 against
+145 ms for HCNN's at batch 4 (2-core VM). That gradient only reaches the front-end's parameters
+(its BatchNorm, HCNN's Q), but it is part of every step.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Dict
+
+log = logging.getLogger(__name__)
+
+# flag name → value, for the CPU backend (XLA ignores CPU flags on other backends).
+CPU_XLA_FLAGS: Dict[str, str] = {
+    'xla_cpu_experimental_ynn_fusion_type': '-individual_convolution',
+}
+
+
+FEW_INPUT_CHANNELS = 8
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kwargs):
+  """`lax.conv_general_dilated`, formulated per backend (the same values up to rounding)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.default_backend() == 'cpu' and rhs.ndim == 4 and rhs.shape[2] <= FEW_INPUT_CHANNELS:
+    from hcnn_jax.models import matmul_grad_conv  # pylint: disable=import-outside-toplevel
+    return matmul_grad_conv.conv_matmul_input_grad(lhs, rhs, window_strides, padding, *args,
+                                                   **kwargs)
+  return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kwargs)
+
+
+def _backends_started() -> bool:
+  if 'jax' not in sys.modules:
+    return False
+  try:
+    from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
+    return bool(xla_bridge.backends_are_initialized())
+  except (ImportError, AttributeError):
+    return False
+
+
+def apply_xla_flags(environ=None) -> Dict[str, str]:
+  """Appends the missing CPU_XLA_FLAGS to XLA_FLAGS; returns what it added.
+
+  Adds nothing once JAX's backends exist (it would be silently ignored): then it logs once which
+  flags to set in XLA_FLAGS before JAX starts.
+  """
+  environ = os.environ if environ is None else environ
+  current = environ.get('XLA_FLAGS', '')
+  missing = {k: v for k, v in CPU_XLA_FLAGS.items() if f'--{k}=' not in current}
+  if not missing:
+    return {}
+  text = ' '.join(f'--{k}={v}' for k, v in missing.items())
+  if _backends_started():
+    log.info('JAX started before hcnn_jax was imported; for faster CPU convolutions set '
+             'XLA_FLAGS="%s" before starting JAX.', text)
+    return {}
+  environ['XLA_FLAGS'] = f'{current} {text}'.strip()
+  return missing

@@ -1,0 +1,79 @@
+"""hcnn_jax.speed: the XLA:CPU flags set at import, and that XLA honours them."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from hcnn_jax import speed
+
+FLAG = '--xla_cpu_experimental_ynn_fusion_type='
+
+
+def test_missing_flags_are_appended_to_the_users_own():
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+  added = speed.apply_xla_flags(env)
+  assert added == speed.CPU_XLA_FLAGS
+  assert env['XLA_FLAGS'] == ('--xla_force_host_platform_device_count=4 '
+                              f'{FLAG}-individual_convolution')
+  assert speed.apply_xla_flags(env) == {}  # idempotent
+
+
+def test_a_flag_the_user_set_is_left_alone():
+  env = {'XLA_FLAGS': f'{FLAG}individual_dot'}
+  assert speed.apply_xla_flags(env) == {}
+  assert env['XLA_FLAGS'] == f'{FLAG}individual_dot'
+  env = {}
+  speed.apply_xla_flags(env)
+  assert env['XLA_FLAGS'] == f'{FLAG}-individual_convolution'
+
+
+def test_nothing_is_set_once_jax_has_started(monkeypatch):
+  monkeypatch.setattr(speed, '_backends_started', lambda: True)
+  env = {}
+  assert speed.apply_xla_flags(env) == {} and env == {}
+
+
+_PROBE = """
+import re, sys
+if sys.argv[1] == 'package':
+  import hcnn_jax
+import jax, jax.numpy as jnp
+def f(x, k):
+  return jnp.sum(jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
+                 dimension_numbers=('NHWC', 'HWIO', 'NHWC')) ** 2)
+x, k = jnp.ones((2, 32, 32, 32)), jnp.ones((3, 3, 32, 32))  # YNNPACK takes it by default
+hlo = jax.jit(jax.grad(f, argnums=(0, 1))).lower(x, k).compile().as_text()
+bodies = dict(re.findall(r'^(%[\\w.-]+) [^\\n]*\\{\\n(.*?)^\\}', hlo, re.M | re.S))
+with_conv = {name for name, body in bodies.items() if ' convolution(' in body}
+ynn = re.findall(r'calls=(%[\\w.-]+)[^\\n]*__ynn_fusion', hlo)
+print(len(re.findall(r' convolution\\(', hlo)), sum(c in with_conv for c in ynn))
+"""
+
+
+def _convs_and_ynn_convs(how: str):
+  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
+  env['JAX_PLATFORMS'] = 'cpu'
+  out = subprocess.run([sys.executable, '-c', _PROBE, how], env=env, capture_output=True,
+                       text=True, check=True).stdout.split()
+  return int(out[0]), int(out[1])
+
+
+def test_xla_cpu_keeps_the_convolutions_of_a_gradient_out_of_ynnpack():
+  convs, in_ynn = _convs_and_ynn_convs('package')
+  assert convs >= 3 and in_ynn == 0  # forward, input and kernel gradients: XLA's own
+  # Without the package's flags this jaxlib hands them to YNNPACK (the check can fail).
+  assert _convs_and_ynn_convs('plain')[1] > 0
+
+
+@pytest.mark.parametrize('cin,custom', [(1, True), (6, True), (9, False)])
+def test_cpu_first_layers_take_the_gemm_input_gradient(cin, custom):
+  x, k = jnp.ones((1, 6, 5, cin)), jnp.ones((3, 3, cin, 4))
+  jaxpr = str(jax.make_jaxpr(lambda x, k: speed.conv_general_dilated(
+      x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')))(x, k))
+  assert ('custom_vjp_call' in jaxpr) == (custom and jax.default_backend() == 'cpu')
+  assert 'conv_general_dilated' in jaxpr  # the forward pass is XLA's convolution either way
