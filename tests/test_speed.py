@@ -14,7 +14,13 @@ from hcnn_jax import speed
 FLAG = '--xla_cpu_experimental_ynn_fusion_type='
 
 
-def test_missing_flags_are_appended_to_the_users_own():
+@pytest.fixture(name='jax_not_started')
+def jax_not_started_fixture(monkeypatch):
+  # Other tests of the session may have started JAX's backends already.
+  monkeypatch.setattr(speed, '_backends_started', lambda: False)
+
+
+def test_missing_flags_are_appended_to_the_users_own(jax_not_started):
   env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
   added = speed.apply_xla_flags(env)
   assert added == speed.CPU_XLA_FLAGS
@@ -23,7 +29,7 @@ def test_missing_flags_are_appended_to_the_users_own():
   assert speed.apply_xla_flags(env) == {}  # idempotent
 
 
-def test_a_flag_the_user_set_is_left_alone():
+def test_a_flag_the_user_set_is_left_alone(jax_not_started):
   env = {'XLA_FLAGS': f'{FLAG}individual_dot'}
   assert speed.apply_xla_flags(env) == {}
   assert env['XLA_FLAGS'] == f'{FLAG}individual_dot'

@@ -11,7 +11,8 @@ backward pass gathers the input's windows once (im2col) and computes
 both GEMMs with the kernel's window (H·W·C_in) as one side. The values are those of XLA's
 gradients up to summation order. Pass `conv_general_dilated=conv_matmul_grads` to `nn.Conv`
 (or `conv_matmul_input_grad`, which keeps XLA's kernel gradient: `hcnn_jax.speed` picks it for
-first layers on the CPU); cases other than a stride-1, undilated, ungrouped NHWC convolution go to XLA unchanged.
+first layers on the CPU); cases other than a stride-1, undilated, ungrouped NHWC convolution go
+to XLA unchanged.
 Reverse mode only (a custom VJP): for jax.jvp / jacfwd through a model, use conv_grads='xla'.
 """
 from __future__ import annotations
