@@ -53,3 +53,10 @@ def resolve_config_argv(argv: Sequence[str], name: str = CONFIG_FLAG) -> List[st
     elif re.match(rf'^--?{name}$', arg) and i + 1 < len(out):
       out[i + 1] = _with_shipped(out[i + 1])
   return out
+
+
+def print_metrics(split: str, result: dict) -> None:
+  """The last line of hcnn-train and hcnn-eval: the float metrics of `result` on `split`."""
+  scalars = {k: v for k, v in result.items() if isinstance(v, float)}
+  print(f'{split} metrics of {result["checkpoint"]}: ' +
+        ', '.join(f'{k} {v:.4f}' for k, v in sorted(scalars.items())))

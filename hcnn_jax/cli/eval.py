@@ -41,9 +41,7 @@ def main(argv, prog: str = 'hcnn-eval') -> None:
                            checkpoint=FLAGS.checkpoint)
   except ValueError as err:
     flag_errors.fail(prog, str(err))
-  scalars = {k: v for k, v in result.items() if isinstance(v, float)}
-  print(f'{FLAGS.split} metrics of {result["checkpoint"]}: ' +
-        ', '.join(f'{k} {v:.4f}' for k, v in sorted(scalars.items())))
+  cli.print_metrics(FLAGS.split, result)
 
 
 def run(prog: str = 'hcnn-eval') -> None:

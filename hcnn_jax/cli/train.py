@@ -63,9 +63,7 @@ def main(argv, prog: str = 'hcnn-train') -> None:
   except (ValueError, FloatingPointError) as err:
     # User-fixable problems: one clear message, no traceback; the workdir keeps its checkpoints.
     flag_errors.fail(prog, str(err))
-  scalars = {k: v for k, v in result.items() if isinstance(v, float)}
-  print(f'{result["split"]} metrics of {result["checkpoint"]}: ' +
-        ', '.join(f'{k} {v:.4f}' for k, v in sorted(scalars.items())))
+  cli.print_metrics(result["split"], result)
 
 
 def run(prog: str = 'hcnn-train') -> None:
