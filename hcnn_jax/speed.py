@@ -16,8 +16,8 @@ a spectrogram's 1 channel) gets its input gradient as one GEMM
 (`matmul_grad_conv.conv_matmul_input_grad`): XLA computes it as a convolution with that few
 output channels, 72 ms against 8 ms for Short-chunk CNN's first layer at batch 2, 308 against
 145 ms for HCNN's at batch 4 (2-core VM). That gradient only reaches the front-end's parameters
-(its BatchNorm, HCNN's Q), but it is part of every step. It is a custom VJP: reverse mode only,
-so forward-mode differentiation through such a model (jax.jvp, jacfwd) on the CPU raises.
+(its BatchNorm, HCNN's Q), but it is part of every step. It is a custom JVP whose tangent is
+the GEMM, so reverse mode transposes it and forward mode (jax.jvp, jacfwd) works as well.
 """
 from __future__ import annotations
 

@@ -81,5 +81,5 @@ def test_cpu_first_layers_take_the_gemm_input_gradient(cin, custom):
   x, k = jnp.ones((1, 6, 5, cin)), jnp.ones((3, 3, cin, 4))
   jaxpr = str(jax.make_jaxpr(lambda x, k: speed.conv_general_dilated(
       x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')))(x, k))
-  assert ('custom_vjp_call' in jaxpr) == (custom and jax.default_backend() == 'cpu')
+  assert ('custom_jvp_call' in jaxpr) == (custom and jax.default_backend() == 'cpu')
   assert 'conv_general_dilated' in jaxpr  # the forward pass is XLA's convolution either way
