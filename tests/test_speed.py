@@ -83,3 +83,31 @@ def test_cpu_first_layers_take_the_gemm_input_gradient(cin, custom):
       x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')))(x, k))
   assert ('custom_jvp_call' in jaxpr) == (custom and jax.default_backend() == 'cpu')
   assert 'conv_general_dilated' in jaxpr  # the forward pass is XLA's convolution either way
+
+
+def _train_step_instructions(monkeypatch, guard):
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+
+  from hcnn_jax.training import parallel, state as state_lib, step as step_lib
+  from tests.training import _models
+  if guard is not None:
+    monkeypatch.setattr(step_lib, 'all_finite', guard)
+  model, tx = _models.make_model(3, dropout=False), optax.adam(1e-3)
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  state = parallel.replicate(
+      state_lib.create_train_state(model, tx, jax.random.key(0), _models.INPUT_LENGTH), mesh)
+  batch = parallel.shard_batch({'audio': np.zeros((2, _models.INPUT_LENGTH), np.float32),
+                                'labels': np.zeros((2, 3), np.float32)}, mesh)
+  step = parallel.make_train_step(model, _models.bce, tx, mesh, donate=False)
+  return step.lower(state, batch).compile().as_text().count(' = ')
+
+
+def test_the_non_finite_guard_costs_the_compiler_little(monkeypatch):
+  # The guard's flag gates a select over every leaf of the state. Computed as an `all` over one
+  # reduction per leaf, XLA copied that chain into each select: this small model's optimised
+  # step had 3.2x the instructions of the step without the guard (5,698 against 1,790), and the
+  # tiny keyword HCNN's took 147 s to compile instead of 28 s. One reduction adds ~3 %.
+  with_guard = _train_step_instructions(monkeypatch, None)
+  without = _train_step_instructions(monkeypatch, lambda tree: jnp.array(True))
+  assert with_guard <= 1.2 * without, (with_guard, without)
