@@ -9,7 +9,8 @@ from flax import linen as nn
 from jax import lax
 
 from hcnn_jax.models import blocks
-from hcnn_jax.models.matmul_grad_conv import conv_matmul_grads, conv_matmul_input_grad
+from hcnn_jax import speed
+from hcnn_jax.models.matmul_grad_conv import conv_im2col, conv_matmul_grads, conv_matmul_input_grad
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 CASES = [  # input (B, H, W, C_in), kernel (kh, kw), padding, C_out
@@ -136,3 +137,23 @@ def test_forward_mode_through_a_first_layer_on_this_backend():
   assert float(jnp.abs(want_t).max()) > 0.1
   jaxpr = str(jax.make_jaxpr(lambda v, x: fast.apply(v, x))(variables, x))
   assert ('custom_jvp_call' in jaxpr) == (jax.default_backend() == 'cpu')
+
+
+def test_im2col_convolution_of_a_tiny_image_matches_xla():
+  # HCNN's layer 7 shape, scaled down: 2 × 3 positions under a 3 × 3 kernel.
+  x, kernel = random((3, 2, 3, 16), 16), random((3, 3, 16, 8), 17)
+  padding = ((1, 1), (1, 1))
+  want = lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=NHWC)
+  upstream = random(want.shape, 18)
+  ref_out, (ref_dx, ref_dk) = value_and_grads(lax.conv_general_dilated, x, kernel, padding,
+                                              upstream)
+  out, (dx, dk) = value_and_grads(conv_im2col, x, kernel, padding, upstream)
+  for got, ref in ((out, ref_out), (dx, ref_dx), (dk, ref_dk)):  # other sums of the same products
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-4, atol=1e-4)
+  assert float(jnp.abs(ref_out).max()) > 1.0
+  jaxpr = str(jax.make_jaxpr(lambda x, k: speed.conv_general_dilated(
+      x, k, (1, 1), padding, dimension_numbers=NHWC))(x, kernel))
+  assert ('conv_general_dilated' not in jaxpr) == (jax.default_backend() == 'cpu')
+  big = random((1, 4, 9, 16), 19)  # larger than the kernel: XLA's convolution
+  assert 'conv_general_dilated' in str(jax.make_jaxpr(lambda x, k: speed.conv_general_dilated(
+      x, k, (1, 1), padding, dimension_numbers=NHWC))(big, kernel))
