@@ -15,10 +15,12 @@ to the kernel after every step. glibc's malloc serves each allocation above 32 M
 mmap and returns it on free, so every step faulted in its activations page by page again: HCNN's
 inference at batch 16 took 101,800 minor page faults (~400 MB) and 0.20 s of system time a step,
 11 % of its 1.8 s of CPU time (2-core VM). With one arena, no mmap and no trimming (mallopt), the
-freed buffers are reused: 0.03 s of system time, 10 % less CPU time a step. The process keeps its
-peak memory mapped (what it would fault in again on the next step anyway). It runs at
-`import hcnn_jax` where JAX can only run on the CPU (JAX_PLATFORMS=cpu, or no accelerator plugin
-installed), on glibc, and not when the user set any of glibc's malloc variables.
+freed buffers are reused: 0.03 s of system time, 10 % less CPU time a step. But one heap that
+never shrinks can fragment: the full HCNN's training process peaked at 2.6-2.7 GB in three runs
+and at 4.6 and 6.4 GB in two others (2.9 GB without it), so it is opt-in: HCNN_JAX_CPU_MALLOC=1
+makes `import hcnn_jax` apply it where JAX can only run on the CPU (JAX_PLATFORMS=cpu, or no
+accelerator plugin installed), on glibc, and not when the user set any of glibc's malloc
+variables.
 
 `conv_general_dilated` is the models' 2-D convolution (`blocks.conv2d`). On the CPU, a stride-1
 convolution over at most FEW_INPUT_CHANNELS input channels (a first layer: HCNN's 6 harmonics,
@@ -84,7 +86,8 @@ def _cpu_only(environ) -> bool:
 def apply_cpu_malloc(environ=None) -> Dict[int, int]:
   """Sets CPU_MALLOPT with glibc's mallopt where the module docstring says; returns what it set."""
   environ = os.environ if environ is None else environ
-  if (not sys.platform.startswith('linux') or not _cpu_only(environ)
+  if (environ.get('HCNN_JAX_CPU_MALLOC') != '1' or not sys.platform.startswith('linux')
+      or not _cpu_only(environ)
       or any(v in environ for v in _USER_MALLOC_VARS)
       or 'glibc.malloc' in environ.get('GLIBC_TUNABLES', '')):
     return {}

@@ -114,14 +114,16 @@ def test_the_non_finite_guard_costs_the_compiler_little(monkeypatch):
 
 
 def test_cpu_malloc_settings_only_where_jax_runs_on_the_cpu():
-  assert speed.apply_cpu_malloc({'JAX_PLATFORMS': 'cuda'}) == {}
-  assert speed.apply_cpu_malloc({'JAX_PLATFORMS': 'cpu', 'MALLOC_ARENA_MAX': '4'}) == {}
-  assert speed.apply_cpu_malloc({'JAX_PLATFORMS': 'cpu',
+  on = {'HCNN_JAX_CPU_MALLOC': '1'}
+  assert speed.apply_cpu_malloc({'JAX_PLATFORMS': 'cpu'}) == {}  # opt-in
+  assert speed.apply_cpu_malloc({**on, 'JAX_PLATFORMS': 'cuda'}) == {}
+  assert speed.apply_cpu_malloc({**on, 'JAX_PLATFORMS': 'cpu', 'MALLOC_ARENA_MAX': '4'}) == {}
+  assert speed.apply_cpu_malloc({**on, 'JAX_PLATFORMS': 'cpu',
                                  'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}) == {}
   import platform  # pylint: disable=import-outside-toplevel
   if sys.platform.startswith('linux') and platform.libc_ver()[0] == 'glibc':
-    # Already applied at `import hcnn_jax`; setting the same values again succeeds.
-    assert speed.apply_cpu_malloc({'JAX_PLATFORMS': 'cpu'}) == speed.CPU_MALLOPT
+    # The test process then keeps these settings: they change no result.
+    assert speed.apply_cpu_malloc({**on, 'JAX_PLATFORMS': 'cpu'}) == speed.CPU_MALLOPT
 
 
 _FAULTS = """
@@ -142,7 +144,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 6)
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc')
 def test_large_buffers_are_not_faulted_in_again_every_step():
   env = {k: v for k, v in os.environ.items() if not k.startswith('MALLOC_')}
-  env['JAX_PLATFORMS'] = 'cpu'
+  env.update(JAX_PLATFORMS='cpu', HCNN_JAX_CPU_MALLOC='1')
 
   def faults(how):
     return int(subprocess.run([sys.executable, '-c', _FAULTS, how], env=env, capture_output=True,
