@@ -51,8 +51,8 @@ def main(argv) -> None:
   from datasets.build import build_on_first_process  # pylint: disable=import-outside-toplevel
   from hcnn_jax.data import sources  # pylint: disable=import-outside-toplevel
   from hcnn_jax.tools import tag  # pylint: disable=import-outside-toplevel
-  from hcnn_jax.training import (  # pylint: disable=import-outside-toplevel
-      config_check, loop, parallel, writers)
+  from hcnn_jax.configs import base  # pylint: disable=import-outside-toplevel
+  from hcnn_jax.training import loop, parallel, writers  # pylint: disable=import-outside-toplevel
 
   writers.configure_cli_logging()
   parallel.maybe_initialize_distributed()  # before anything touches the devices
@@ -62,7 +62,7 @@ def main(argv) -> None:
   workdir = FLAGS.workdir
   try:
     with parallel.fail_together('demo.py'):  # one failed process stops them all
-      config_check.validate(config)
+      base.validate(config)
       name, ds_config = config.dataset.name, config.dataset.config_name or None
       if not is_built(name, FLAGS.data_dir, ds_config):
         print(f'[1/4] Building the embedded dataset {name}/{ds_config} in {FLAGS.data_dir} ...')
