@@ -54,8 +54,8 @@ SCHEMA: Tuple[Key, ...] = (
     Key('optimizer', dict, None, "the recipe of training/schedule.py (default: 'reference', "
         "variant 'sota'); its keys per recipe in schedule.DEFAULTS"),
     Key('seed', int, 0, 'PRNG seed'),
-    Key('dtype', str, 'float32', 'compute dtype (parameters stay float32)',
-        choices=('float32', 'bfloat16')),
+    Key('dtype', str, 'float32', "compute dtype, 'float32' | 'bfloat16' (training/precision.py; "
+        'parameters stay float32)'),
     Key('eval_chunks', int, 16, 'track-level evaluation: chunks per track', low=1),
     Key('eval_tracks_per_batch', int, 4, 'track-level evaluation: tracks per batch', low=1),
     Key('checkpoint_every_steps', int, 1000, 'periodic checkpoints (0: only at epoch ends)', low=0),
