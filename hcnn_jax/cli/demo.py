@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
+from typing import List
 
 import numpy as np
 from absl import app, flags
@@ -33,8 +35,10 @@ DEFAULT_CONFIG = 'hcnn_jax/configs/hcnn_synth_tiny.py'
 
 def define_flags() -> None:
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  # No default here: ml_collections would load it while defining the flag, where a mistyped
+  # --config.<key> is a traceback; `run` passes the default on the command line instead.
   config_flags.DEFINE_config_file(
-      'config', cli.shipped_config(DEFAULT_CONFIG), 'Run config; override keys with '
+      'config', None, f'Run config (default: {DEFAULT_CONFIG}); override keys with '
       '--config.<key>=<value>.', lock_config=True)
   flags.DEFINE_string('workdir', 'runs/demo', 'Run directory (resumed when it holds a run).')
   flags.DEFINE_string('data_dir', 'data', 'Where the embedded dataset is built and read.')
@@ -127,9 +131,18 @@ def main(argv, prog: str = 'hcnn-demo') -> None:
   print(f'\nSame from the shell: {_tag_command()} {path} --workdir {workdir} --top_k 5')
 
 
+def with_default_config(argv: List[str]) -> List[str]:
+  """`argv` with `--config DEFAULT_CONFIG` (the shipped copy outside a checkout) when it names
+  no config."""
+  if any(re.match(r'^--?config(=|$)', arg) for arg in argv[1:]):
+    return list(argv)
+  return [argv[0], '--config', cli.shipped_config(DEFAULT_CONFIG), *argv[1:]]
+
+
 def run(prog: str = 'hcnn-demo') -> None:
   """The console script; `prog` names the command in its error lines."""
   from hcnn_jax.training import flag_errors  # pylint: disable=import-outside-toplevel
   define_flags()
-  app.run(functools.partial(main, prog=prog), argv=cli.resolve_config_argv(sys.argv),
+  app.run(functools.partial(main, prog=prog),
+          argv=with_default_config(cli.resolve_config_argv(sys.argv)),
           flags_parser=flag_errors.flags_parser(prog))
