@@ -48,7 +48,7 @@ def test_the_demos_modules_import_without_the_tools_torch_and_test_stacks(tmp_pa
       'from hcnn_jax import metrics',
       'from hcnn_jax.data import builders, sources',
       'from hcnn_jax.tools import tag',
-      'from hcnn_jax.training import config_check, loop, parallel, writers',
+      'from hcnn_jax.training import loop, parallel, writers',
       "builders.module('build').builder_class('synth_gm')",
       'writers._summary_writer_class()',
       f"print(sorted(n for n in sys.modules if n.split('.')[0] in {NOT_FOR_THE_DEMO!r} and "
