@@ -11,7 +11,8 @@ never heard.
 3. Evaluates the best checkpoint on the test split, 16 chunks per clip as in the papers, and prints
    macro ROC-AUC / PR-AUC beside the per-tag-prior baseline on the same clips (a model that always
    answers each tag's training frequency: ROC-AUC 0.5, PR-AUC = the tags' test prevalence).
-4. Writes one test clip to WORKDIR/heldout.wav, tags it as `hcnn-tag` would and prints its true tags.
+4. Writes one test clip to WORKDIR/heldout.wav, tags it as `hcnn-tag` would and prints its true
+   tags.
 
 It imports nothing of the [tools], [torch] or [test] stacks (tests/test_demo.py runs it with them
 blocked), so `make demo` installs only the runtime and the renderer.
