@@ -2,6 +2,7 @@
 
     hcnn-train         train a config, evaluate its best checkpoint     (train.py)
     hcnn-eval          track-level evaluation of a trained run          (eval.py)
+    hcnn-demo          the main job: synth_gm, train, evaluate, tag     (demo.py)
     hcnn-build         prepare a dataset as array_record                (python -m datasets.build)
     hcnn-tag           tag audio files                                  (-m hcnn_jax.tools.tag)
     hcnn-ablation      the harmonics study                              (-m hcnn_jax.tools.ablation)

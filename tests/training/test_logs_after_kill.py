@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from tensorboardX.proto import event_pb2
 
 from hcnn_jax.training import checkpoint as ckpt_lib
@@ -94,6 +95,7 @@ def _tensorboard(workdir: Path) -> list:
   return shown
 
 
+@pytest.mark.slow
 def test_logs_after_sigkill_before_and_after_a_checkpoint_equal_a_straight_runs(tmp_path, env):
   straight, killed = tmp_path / 'straight', tmp_path / 'killed'
   assert _train(straight, env, tmp_path / 'straight.log') == 0, \

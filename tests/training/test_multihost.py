@@ -117,6 +117,7 @@ def _leaves(tree):
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
+@pytest.mark.slow
 def test_two_processes_train_resume_bit_exactly_and_match_one_process(tmp_path, base_env):
   straight, killed, single = tmp_path / 'straight', tmp_path / 'killed', tmp_path / 'single'
   logs = _train(straight, base_env, processes=2, devices=2)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from hcnn_jax.training import checkpoint as ckpt_lib
 from hcnn_jax.training import writers
@@ -60,6 +61,7 @@ def _assert_bitwise_equal(a, b):
     assert x.tobytes() == y.tobytes()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path, env):
   straight, killed = tmp_path / 'straight', tmp_path / 'killed'
   done = _run(straight, env, tmp_path / 'straight.log')
