@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
 
 import librosa
@@ -332,3 +333,17 @@ def test_fluidr3_render_holds_the_same_scores_as_the_test_split(tiny, tiny_dir):
   fresh = clips.make_clip(cfg.seed, 'test', 5, cfg.clip_seconds, 'FluidR3_GM')
   assert other[fresh.id.encode()]['audio'].tobytes() == fresh.audio.tobytes()
   np.testing.assert_array_equal(other[fresh.id.encode()]['labels'], fresh.labels)
+
+
+def test_make_soundfonts_installs_exactly_the_files_the_renderer_reads():
+  mk = os.path.join(os.path.dirname(compose.__file__), 'soundfonts.mk')
+  make = ['make', '--no-print-directory', '-f', mk]
+  listed = subprocess.run(make + ['--eval', 'files: ; @echo $(SOUNDFONT_FILES)', 'files'],
+                          check=True, capture_output=True, text=True).stdout.split()
+  assert sorted(listed) == sorted(render.soundfont(s).path for s in OTHER_SOUNDFONTS.values())
+  # A missing bank makes the target install both packages (`echo` stands in for sudo here).
+  out = subprocess.run(make + ['soundfonts', 'SOUNDFONT_FILES=/nonexistent/FluidR3_GM.sf2',
+                               'SOUNDFONT_SUDO=echo'], check=True, capture_output=True,
+                       text=True).stdout
+  assert 'missing /nonexistent/FluidR3_GM.sf2' in out
+  assert 'apt-get install -y fluid-soundfont-gm musescore-general-soundfont-small' in out
