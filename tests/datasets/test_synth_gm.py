@@ -73,7 +73,8 @@ def test_other_soundfonts_play_every_program_and_kit_the_generator_uses(soundfon
   used = sorted({p for roles in compose.FAMILIES.values() for ps in roles.values() for p in ps})
   # In the middle of the range the generator folds each program's notes into (a bank may leave
   # the extremes silent: FluidR3's contrabass has no sample above A#3, see the README).
-  middle = {p: sum(compose._RANGES.get(p, (36, 96))) // 2 for p in used}  # pylint: disable=protected-access
+  ranges = compose._RANGES  # pylint: disable=protected-access
+  middle = {p: sum(ranges.get(p, (36, 96))) // 2 for p in used}
   silent = [p for p in used if not _note_rms(p, soundfont=soundfont, pitch=middle[p]) > 1e-4]
   assert not silent, f'{soundfont}: programs render silence: {silent}'
   silent_kits = [k for k in compose.DRUM_KITS.values()

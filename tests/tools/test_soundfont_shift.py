@@ -93,8 +93,10 @@ def _untrained_run(config, workdir: str, class_names) -> None:
       checkpoint, config_check, loop, state)
   model = config_check.build_model(config, len(class_names))
   variables = state.init_variables(model, jax.random.PRNGKey(0), int(config.input_length))
-  book = dict(loop._fresh_book(), epochs_done=1, best_epoch=1, best_step=3)  # pylint: disable=protected-access
-  meta = loop._meta(book, list(class_names), tasks.get_task('tagging'))  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  book = dict(loop._fresh_book(), epochs_done=1, best_epoch=1, best_step=3)
+  meta = loop._meta(book, list(class_names), tasks.get_task('tagging'))
+  # pylint: enable=protected-access
   with checkpoint.RunCheckpoints(workdir, async_save=False) as ckpts:
     ckpts.save_best(3, variables, meta=meta, config=config)
 
