@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 # What the wheel is built from (the rest of the tree is tests, benchmarks and the demo).
 SOURCES = ('setup.py', 'setup.cfg', 'pyproject.toml', 'README.md', 'hcnn_jax', 'datasets')
 SCRIPTS = ('hcnn-train', 'hcnn-eval', 'hcnn-demo', 'hcnn-build', 'hcnn-tag', 'hcnn-ablation',
-           'hcnn-robustness', 'hcnn-interpret', 'hcnn-import-torch')
+           'hcnn-robustness', 'hcnn-soundfont-shift', 'hcnn-interpret', 'hcnn-import-torch')
 # What the clean venv gets besides the wheel's own requirements: the [render] extra and synth_gm's
 # renderer, which the Makefile installs with --no-deps.
 EXTRAS, NO_DEPS = ('render',), ('tinysoundfont',)

@@ -7,6 +7,7 @@
     hcnn-tag           tag audio files                                  (-m hcnn_jax.tools.tag)
     hcnn-ablation      the harmonics study                              (-m hcnn_jax.tools.ablation)
     hcnn-robustness    accuracy under audio deformations                (-m ...tools.robustness)
+    hcnn-soundfont-shift  per-tag scores on other GM soundfonts     (-m ...tools.soundfont_shift)
     hcnn-interpret     filters, saliency, attention, tag contributions  (-m ...tools.interpret)
     hcnn-import-torch  a reference best_model.pth as a checkpoint       (-m ...tools.import_torch)
 
