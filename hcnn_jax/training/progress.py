@@ -11,7 +11,8 @@ Timing starts at the first completed step of each epoch (that step pays for any 
 run's first step, a new optimiser's step) and a validation is timed from its first finished batch
 on, so compiling never enters the rate. The ETA covers every remaining training step and
 validation of the run (the final test evaluation aside); until the first validation has been timed
-it says "+ validation".
+it says "+ validation". What it cannot foresee is a compilation still to come: a later phase that
+builds a new optimiser (the reference recipe's Adam → SGD switch) compiles its step once more.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The training bar counts steps the devices finished, and its rate and ETA leave compiling out.
+"""The training bar counts steps the devices finished, and its rate and ETA leave compiling out;
+the epoch's console line names every validation score.
 
 A fake clock and fake step outputs (`is_ready` / `block_until_ready`, as `jax.Array` has) stand
 for the devices: a test decides when each step finishes and what time it is.
@@ -8,8 +9,10 @@ from __future__ import annotations
 import io
 
 import jax.numpy as jnp
+import numpy as np
 
-from hcnn_jax.training import progress
+from hcnn_jax import tasks
+from hcnn_jax.training import progress, track_eval
 
 
 class _Clock:
@@ -127,3 +130,15 @@ def test_real_arrays_and_a_disabled_bar():
   bars.end_epoch()
   assert bars.completed == 5
   assert progress.format_seconds(3725.4) == '1:02:05' and progress.format_seconds(59) == '0:59'
+
+
+def test_the_epoch_line_names_every_validation_score():
+  labels = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], np.float32)
+  probs = np.array([[0.9, 0.2], [0.3, 0.8], [0.6, 0.7], [0.1, 0.4]], np.float32)
+  tagging = dict(tasks.get_task('tagging').metrics(probs, labels, class_names=['a', 'b']),
+                 loss=0.25)
+  assert track_eval.epoch_line(tagging) == 'loss 0.2500, pr_auc 1.0000, roc_auc 1.0000'
+  onehot = np.eye(3, dtype=np.float32)[[0, 1, 2, 1]]
+  scores = np.eye(3, dtype=np.float32)[[0, 1, 1, 1]]
+  keywords = dict(tasks.get_task('keywords').metrics(scores, onehot), loss=1.5)
+  assert track_eval.epoch_line(keywords) == 'loss 1.5000, accuracy 0.7500'
