@@ -60,5 +60,6 @@ def resolve_config_argv(argv: Sequence[str], name: str = CONFIG_FLAG) -> List[st
 def print_metrics(split: str, result: dict) -> None:
   """The last line of hcnn-train and hcnn-eval: the float metrics of `result` on `split`."""
   scalars = {k: v for k, v in result.items() if isinstance(v, float)}
-  print(f'{split} metrics of {result["checkpoint"]}: ' +
+  how = f' (step {result.get("checkpoint_step")}, {result.get("eval_chunks")} chunks per track)'
+  print(f'{split} metrics of {result["checkpoint"]}{how}: ' +
         ', '.join(f'{k} {v:.4f}' for k, v in sorted(scalars.items())))
