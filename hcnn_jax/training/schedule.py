@@ -9,9 +9,9 @@ epoch 81 is the first SGD epoch.
   epochs 101 – 120  reload best, SGD lr 1e-4 (momentum buffers kept)         phase 3
   epochs 121 – 200  reload best, SGD lr 1e-5 (momentum buffers kept)         phase 4
 
-ddhf (minzwon/data-driven-harmonic-filters, `training/solver.py`) switches after 60 Adam epochs (so 60, 80, 100) and, through its
-`self.load = path` bug, never reloads; `optimizer_config('reference', variant='ddhf')` reproduces
-both. "Reload best" swaps params and batch_stats for the best-by-validation-loss ones (torch's
+ddhf (minzwon/data-driven-harmonic-filters, `training/solver.py`) switches after 60 Adam epochs
+(so 60, 80, 100) and, through its `self.load = path` bug, never reloads;
+`optimizer_config('reference', variant='ddhf')` reproduces both. "Reload best" swaps params and batch_stats for the best-by-validation-loss ones (torch's
 `load_state_dict` restores BN buffers too) and leaves the optimiser state alone.
 
 The modern alternative, 'adamw_cosine', is one phase: AdamW with decoupled weight decay and a linear
