@@ -11,8 +11,9 @@ epoch 81 is the first SGD epoch.
 
 ddhf (minzwon/data-driven-harmonic-filters, `training/solver.py`) switches after 60 Adam epochs
 (so 60, 80, 100) and, through its `self.load = path` bug, never reloads;
-`optimizer_config('reference', variant='ddhf')` reproduces both. "Reload best" swaps params and batch_stats for the best-by-validation-loss ones (torch's
-`load_state_dict` restores BN buffers too) and leaves the optimiser state alone.
+`optimizer_config('reference', variant='ddhf')` reproduces both. "Reload best" swaps params and
+batch_stats for the best-by-validation-loss ones (torch's `load_state_dict` restores BN buffers
+too) and leaves the optimiser state alone.
 
 The modern alternative, 'adamw_cosine', is one phase: AdamW with decoupled weight decay and a linear
 warmup into a cosine decay over all training steps.
