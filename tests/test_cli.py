@@ -50,7 +50,13 @@ def test_eval_cli_reproduces_the_training_runs_test_metrics(trained, cache_dir):
   # The same best weights, chunks and compiled program as the run's own final evaluation.
   for key in ('loss', 'roc_auc', 'pr_auc', 'num_examples'):
     assert metrics[key] == result[key], key
-  assert metrics['split'] == 'test' and metrics['checkpoint'].endswith('best')
+  assert metrics['split'] == 'test' and metrics['checkpoint'] == result['checkpoint']
+  # How the scores were computed, and no absolute path: the file describes the run anywhere.
+  assert metrics['checkpoint'].startswith('best' + os.sep)
+  assert metrics['checkpoint_step'] == result['checkpoint_step'] == int(
+      metrics['checkpoint'].split(os.sep)[-1])
+  assert metrics['eval_chunks'] == result['eval_chunks'] == 4
+  assert workdir not in open(os.path.join(workdir, 'metrics_test.json')).read()
   table = open(os.path.join(workdir, 'per_class_test.csv')).read().splitlines()
   assert table[0] == 'class,positives,pr_auc,roc_auc' and len(table) == 6
   assert os.path.exists(os.path.join(workdir, 'per_class_test.md'))
@@ -61,7 +67,7 @@ def test_evaluate_latest_checkpoint_on_validation(trained, cache_dir):
   config = fake_tiny.get_config()
   config.dataset.config_name = FAKE
   result = loop.evaluate(config, workdir, split='validation', checkpoint='latest')
-  assert result['checkpoint'] == os.path.join(workdir, 'checkpoints')
+  assert result['checkpoint'] == os.path.join('checkpoints', str(result['checkpoint_step']))
   logged = json.load(open(os.path.join(workdir, 'metrics_validation.json')))
   assert logged['loss'] == result['loss'] and result['num_examples'] == 16
   other = fake_tiny.get_config()

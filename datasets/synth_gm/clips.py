@@ -38,12 +38,18 @@ def clip_rng(seed: int, split: str, index: int) -> np.random.Generator:
   return np.random.default_rng([int(seed), code, int(index)])
 
 
-def make_clip(seed: int, split: str, index: int, seconds: float) -> Clip:
-  """Composes and renders clip `index` of `split`; deterministic in its arguments."""
+def make_clip(seed: int, split: str, index: int, seconds: float,
+              soundfont: str = render.DEFAULT_SOUNDFONT) -> Clip:
+  """Composes and renders clip `index` of `split`; deterministic in its arguments.
+
+  `soundfont` changes only the rendering: the score (and so every tag but loud/quiet) depends on
+  (seed, split, index, seconds) alone, and the soundfont's `gain_db` keeps its levels comparable.
+  """
   num_samples = int(round(seconds * SAMPLE_RATE))
   score = compose.compose(clip_rng(seed, split, index), seconds)
-  mix = render.render(score.midi, num_samples)
-  mix *= np.float32(10 ** ((score.gain_db + OUTPUT_GAIN_DB) / 20.0))
+  bank = render.soundfont(soundfont)
+  mix = render.render(score.midi, num_samples, soundfont_name=soundfont)
+  mix *= np.float32(10 ** ((score.gain_db + OUTPUT_GAIN_DB + bank.gain_db) / 20.0))
   peak = float(np.max(np.abs(mix))) if num_samples else 0.0
   attenuated = peak > PEAK_CEILING
   if attenuated:
@@ -63,7 +69,7 @@ def make_clip(seed: int, split: str, index: int, seconds: float) -> Clip:
 RenderedClip = Tuple[str, np.ndarray, np.ndarray, bool]  # id, int16 audio, labels, attenuated
 
 
-def render_job(args: Tuple[int, str, int, float]) -> RenderedClip:
+def render_job(args: Tuple[int, str, int, float, str]) -> RenderedClip:
   """make_clip for a worker pool: top-level (picklable), returns only what the writer stores."""
   clip = make_clip(*args)
   return clip.id, clip.audio, clip.labels, bool(clip.info['attenuated'])

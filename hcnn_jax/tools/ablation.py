@@ -1,4 +1,4 @@
-"""The number-of-harmonics ablation (ICASSP 2020 table, reference 6.2): one run per H.
+"""The number-of-harmonics ablation (Won et al., ICASSP 2020, "Data-driven harmonic filters"): one run per H.
 
     python -m hcnn_jax.tools.ablation --config hcnn_jax/configs/hcnn_mtat.py --workdir runs/abl \
         [--harmonics 1,2,3,4,5,6,7] [--config.num_epochs=...]

@@ -53,6 +53,20 @@ PERTURBATIONS: Dict[str, Tuple[str, Any]] = {
     'noise_0.4': ('white_noise', 0.4),
 }
 
+# The optional package each kind of deformation imports (extra [tools]; hcnn_jax/cli/extras.py).
+NEEDS = {'time_stretch': 'librosa', 'pitch_shift': 'librosa', 'drc': 'pedalboard'}
+
+
+def lacking_packages(names: Sequence[str]) -> Optional[str]:
+  """One line when the perturbations `names` need a package that is not installed, else None."""
+  from hcnn_jax.cli import extras  # pylint: disable=import-outside-toplevel
+  kinds = sorted({PERTURBATIONS[n][0] for n in names if n in PERTURBATIONS} & set(NEEDS))
+  line = extras.problem('deforming by ' + ', '.join(kinds), sorted({NEEDS[k] for k in kinds}))
+  if line is None:
+    return None
+  others = ','.join(n for n, (k, _) in PERTURBATIONS.items() if k not in NEEDS and k != 'original')
+  return f'{line} (or --perturbations {others}, which need neither)'
+
 
 # ----------------------------------------------------------------------------- deformations
 
@@ -316,6 +330,10 @@ def main(argv) -> None:
     sys.exit(2)
   perturbations = [p.strip() for p in fl.perturbations.split(',') if p.strip()] \
       if fl.perturbations else None
+  lacking = lacking_packages(perturbations or list(PERTURBATIONS))
+  if lacking:  # before the checkpoint, the dataset and the compile
+    print(f'robustness: error: {lacking}', file=sys.stderr)
+    sys.exit(2)
   try:
     from hcnn_jax.training import flag_errors  # pylint: disable=import-outside-toplevel
     # Before the evaluation, not after it.

@@ -167,5 +167,6 @@ def test_final_evaluation_with_a_damaged_best_checkpoint_uses_the_last_state(run
     result = loop.train_and_evaluate(_config(), workdir)  # finished: only re-evaluates
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert any(named in w and 'evaluating the last state' in w for w in warnings), warnings
-  assert result['checkpoint'] == os.path.join(workdir, 'checkpoints', '4')
+  assert result['checkpoint'] == os.path.join('checkpoints', '4')
+  assert result['checkpoint_step'] == 4
   assert np.isfinite(result['loss'])

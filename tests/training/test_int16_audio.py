@@ -206,7 +206,8 @@ def test_loop_with_data_in_memory_trains_exactly_as_without(tmp_path, monkeypatc
   for flag in (False, True):
     workdir = str(tmp_path / f'in_memory_{flag}')
     results[flag] = loop.train_and_evaluate(tiny_config(data_in_memory=flag), workdir)
-    variables, _, _ = ckpt_lib.restore_variables(results[flag]['checkpoint'])
+    variables, _, _ = ckpt_lib.restore_variables(
+        os.path.join(workdir, results[flag]['checkpoint']))
     params[flag] = jax.tree.leaves(jax.device_get(variables))
   assert dtypes == ['int16', 'int16']  # training always sends int16 samples
   assert len(made) == 1  # only the data_in_memory run decoded the split
