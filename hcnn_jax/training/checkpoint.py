@@ -23,6 +23,7 @@ import sys
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -384,7 +385,7 @@ def restore_variables(path: str, sharding: Optional[jax.sharding.Sharding] = Non
   variables = {'params': tree['params'], 'batch_stats': tree.get('batch_stats') or {}}
   # Checked on the host: jnp.isfinite would compile two small programs per weight shape.
   bad = [jax.tree_util.keystr(key) for key, x in jax.tree_util.tree_leaves_with_path(variables)
-         if np.issubdtype(x.dtype, np.inexact) and not np.isfinite(np.asarray(x)).all()]
+         if jnp.issubdtype(x.dtype, jnp.inexact) and not np.isfinite(np.asarray(x)).all()]
   if bad:
     # Written by a run that diverged (before the step checked its own updates); its scores
     # would all be NaN.

@@ -172,3 +172,18 @@ def test_bench_tag_cold_start_smoke(workdir, clip, tmp_path):
   assert all(v > 0 for v in report['phases'].values())
   assert report['meta']['audio_seconds'] == pytest.approx(3.0)
   assert json.loads(out.read_text())['variants']['after']['min_s'] == row['min_s']
+
+
+def test_the_host_side_finiteness_check_sees_bfloat16_weights(tmp_path):
+  # The readers' check runs in numpy now; numpy alone does not count bfloat16 as inexact.
+  from hcnn_jax.configs import fake_tiny  # pylint: disable=import-outside-toplevel
+  params = {'dense': {'kernel': jax.numpy.array([[1.0, float('inf')]], jax.numpy.bfloat16),
+                      'bias': jax.numpy.zeros((2,), jax.numpy.float32)}}
+  with checkpoint.RunCheckpoints(str(tmp_path)) as ckpts:
+    ckpts.save_best(3, {'params': params, 'batch_stats': {}},
+                    meta={'bookkeeping': {}, 'class_names': ['a', 'b'], 'task': 'tagging',
+                          'topology': checkpoint.topology()}, config=fake_tiny.get_config())
+    ckpts.wait()
+  with pytest.raises(checkpoint.CheckpointError, match=r"non-finite values in \['params'\]"
+                                                       r"\['dense'\]\['kernel'\]"):
+    checkpoint.restore_variables(str(tmp_path))
