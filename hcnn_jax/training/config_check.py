@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import ml_collections
 
 from hcnn_jax import tasks
-from hcnn_jax.data import sources
 from hcnn_jax.models import registry
 from hcnn_jax.training import precision, schedule
 
@@ -100,6 +99,8 @@ def _check_dataset(config, problems: List[str]) -> None:
   if unknown:
     problems.append(_unknown_keys('dataset: ', unknown, DATASET_KEYS))
   name = ds.name
+  # Here, not at the top: build_model's users (hcnn-tag) must not pay for TFDS's import.
+  from hcnn_jax.data import sources  # pylint: disable=import-outside-toplevel
   if name == sources.FAKE_NAME:
     try:
       sources.parse_fake_config(ds.get('config_name'))
