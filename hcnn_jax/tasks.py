@@ -18,7 +18,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from hcnn_jax import metrics as metrics_lib
 
@@ -39,6 +38,7 @@ def sigmoid_bce(logits: jnp.ndarray, labels: jnp.ndarray, mask=None) -> jnp.ndar
 
   Computed from logits with optax's log-sigmoid form, so ±100 logits stay finite.
   """
+  import optax  # pylint: disable=import-outside-toplevel  (inference never imports it)
   logits = jnp.asarray(logits, jnp.float32)
   labels = jnp.asarray(labels, jnp.float32)
   per_example = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels), axis=-1)
@@ -50,6 +50,7 @@ def softmax_ce(logits: jnp.ndarray, labels: jnp.ndarray, mask=None) -> jnp.ndarr
 
   labels: one-hot (B, C) as the datasets store them, or integer classes (B,).
   """
+  import optax  # pylint: disable=import-outside-toplevel
   logits, labels = jnp.asarray(logits, jnp.float32), jnp.asarray(labels)
   if labels.ndim == logits.ndim - 1:
     per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)

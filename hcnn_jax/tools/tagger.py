@@ -107,7 +107,10 @@ class Tagger:
     self.check = lambda: None
     predict = tasks.get_task(task).predict
     self.variables = variables
-    self._predict = jax.jit(lambda v, x: predict(model.apply(v, x, train=False)))
+
+    def score_chunks(v, x):  # named: the compilation cache's entries are named after it
+      return predict(model.apply(v, x, train=False))
+    self._predict = jax.jit(score_chunks)
 
   def _score(self, buf: np.ndarray, buf_at: int, starts: List[int]) -> np.ndarray:
     """Probabilities (len(starts), C) of the chunks at absolute `starts`; buf[0] is at buf_at."""
