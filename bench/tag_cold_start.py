@@ -53,7 +53,8 @@ import sys, time, json
 t0 = time.perf_counter()
 import numpy as np, jax
 from hcnn_jax.tools import tag, tagger as tagger_lib
-from hcnn_jax.training import checkpoint, config_check
+from hcnn_jax.models import registry
+from hcnn_jax.training import checkpoint
 t1 = time.perf_counter()
 from hcnn_jax.tools import compile_cache
 compile_cache.use_compilation_cache()
@@ -80,9 +81,10 @@ def write_demo_checkpoint(workdir: str) -> None:
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from hcnn_jax.configs import hcnn_synth_tiny  # pylint: disable=import-outside-toplevel
-  from hcnn_jax.training import checkpoint, config_check  # pylint: disable=import-outside-toplevel
+  from hcnn_jax.models import registry  # pylint: disable=import-outside-toplevel
+  from hcnn_jax.training import checkpoint  # pylint: disable=import-outside-toplevel
   config = hcnn_synth_tiny.get_config()
-  model = config_check.build_model(config, DEMO_TAGS)
+  model = registry.build_model(config, DEMO_TAGS)
   variables = model.init(jax.random.key(0), jnp.zeros((1, config.input_length)), train=False)
   variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
   meta = {'bookkeeping': {}, 'class_names': [f'tag{i}' for i in range(DEMO_TAGS)],

@@ -119,3 +119,17 @@ def get_task(kind: str, selection_metric: str | None = None,
   if selection_mode is not None:
     task = dataclasses.replace(task, selection_mode=selection_mode)
   return task
+
+
+def check_config(config) -> None:
+  """ValueError naming the key(s) when the config's task or selection rule is not one."""
+  problems = []
+  task = config.get('task')
+  if task is not None and task not in KINDS:
+    problems.append(f'task: {task!r} is not a task; use one of {list(KINDS)} (or leave it unset '
+                    "to take the dataset's)")
+  mode = config.get('selection_mode')
+  if mode is not None and mode not in _MODES:
+    problems.append(f'selection_mode: {mode!r}; use one of {list(_MODES)}')
+  if problems:
+    raise ValueError(' - '.join(problems))

@@ -167,12 +167,16 @@ def test_every_default_variant_builds_and_the_pending_script_names_them():
   import subprocess  # pylint: disable=import-outside-toplevel
 
   from bench import breakdown  # pylint: disable=import-outside-toplevel
+  from hcnn_jax import speed  # pylint: disable=import-outside-toplevel
   from hcnn_jax.models import get_model  # pylint: disable=import-outside-toplevel
   for model, variants in breakdown.DEFAULT_VARIANTS.items():
-    for name, kwargs in variants.items():
+    for name, variant in variants.items():
+      kwargs, choices, _ = breakdown.split_variant(variant)
       built = get_model(model, 3, **kwargs)
       for key, value in kwargs.items():
         assert getattr(built.backend, key) == value, (model, name, key)
+      with speed.choose(**choices) as forced:  # a renamed choice raises here
+        assert all(getattr(forced, k) == v for k, v in choices.items()), (model, name)
   script = os.path.join(os.path.dirname(breakdown.__file__), 'gpu_pending.sh')
   subprocess.run(['bash', '-n', script], check=True)
   text = open(script).read()

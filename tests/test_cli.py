@@ -14,7 +14,8 @@ import pytest
 from hcnn_jax.configs import fake_tiny, paper
 from hcnn_jax.data import sources
 from hcnn_jax.models import registry
-from hcnn_jax.training import config_check, loop
+from hcnn_jax.configs import base as config_base
+from hcnn_jax.training import loop
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = 'tracks=16,classes=5,samples=24000'
@@ -116,7 +117,7 @@ CONFIG_FILES = sorted(os.path.basename(p)[:-3] for p in glob.glob(
 def test_every_config_file_validates(name):
   module = importlib.import_module(f'hcnn_jax.configs.{name}')
   config = module.get_config()
-  config_check.validate(config)
+  config_base.validate(config)
   assert 'python train.py --config hcnn_jax/configs/' + name + '.py' in module.__doc__
 
 
@@ -125,7 +126,7 @@ def test_paper_configs_cover_both_tables_with_registered_input_lengths():
   for model, dataset in sorted(paper.PAIRS):
     config = paper.get_config(f'model={model},dataset={dataset}')
     assert config.input_length == registry.default_input_length(config.model.name)
-    config_check.validate(config)
+    config_base.validate(config)
   assert paper.get_config('model=hcnn,dataset=speech_commands').model.name == 'hcnn_keywords'
   assert paper.get_config('model=musicnn,dataset=msd').model.kwargs.variant == 'msd'
   assert paper.get_config('model=hcnn,dataset=mtat,n_harmonic=3').model.kwargs.n_harmonic == 3

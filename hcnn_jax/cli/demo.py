@@ -74,8 +74,8 @@ def main(argv, prog: str = 'hcnn-demo') -> None:
 
   from hcnn_jax.data import builders, sources  # pylint: disable=import-outside-toplevel
   from hcnn_jax.tools import tag  # pylint: disable=import-outside-toplevel
-  from hcnn_jax.training import (  # pylint: disable=import-outside-toplevel
-      config_check, loop, parallel, writers)
+  from hcnn_jax.configs import base  # pylint: disable=import-outside-toplevel
+  from hcnn_jax.training import loop, parallel, writers  # pylint: disable=import-outside-toplevel
 
   writers.configure_cli_logging()
   parallel.maybe_initialize_distributed()  # before anything touches the devices
@@ -85,7 +85,7 @@ def main(argv, prog: str = 'hcnn-demo') -> None:
   workdir = FLAGS.workdir
   try:
     with parallel.fail_together(prog):  # one failed process stops them all
-      config_check.validate(config)
+      base.validate(config)
       name, ds_config = config.dataset.name, config.dataset.config_name or None
       build = builders.module('build')
       if not build.is_built(name, FLAGS.data_dir, ds_config):

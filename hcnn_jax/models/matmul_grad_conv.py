@@ -13,7 +13,8 @@ gradients up to summation order. Pass `conv_general_dilated=conv_matmul_grads` t
 (or `conv_matmul_input_grad`, which keeps XLA's kernel gradient: `hcnn_jax.speed` picks it for
 first layers on the CPU); cases other than a stride-1, undilated, ungrouped NHWC convolution go
 to XLA unchanged.
-Reverse mode only (a custom VJP): for jax.jvp / jacfwd through a model, use conv_grads='xla'.
+Reverse mode only (a custom VJP): for jax.jvp / jacfwd through a model, force
+`speed.choose(conv_grads='xla')`.
 """
 from __future__ import annotations
 
@@ -130,13 +131,3 @@ def conv_matmul_input_grad(*args, **kwargs):
   """
   return _dispatch(_conv_dx, *args, **kwargs)
 
-
-CONV_GRADS = ('xla', 'matmul')
-
-
-def conv_grads_fn(impl: str):
-  """The `nn.Conv(conv_general_dilated=...)` for a model option conv_grads ∈ CONV_GRADS."""
-  if impl not in CONV_GRADS:
-    raise ValueError(f'conv_grads must be one of {CONV_GRADS}, got {impl!r}.')
-  # 'xla' is XLA's convolution as it is (not the backend's choice of `speed.conv_general_dilated`).
-  return conv_matmul_grads if impl == 'matmul' else lax.conv_general_dilated

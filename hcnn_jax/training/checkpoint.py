@@ -402,10 +402,10 @@ def load_for_inference(path: str):
   or one step directory. The model is built from the saved config without `bn_axis_name`; apply it
   with `model.apply(variables, audio, train=False)`.
   """
-  # Imported here: config_check pulls in the model zoo, which checkpoint users may not need.
-  from hcnn_jax.training import config_check  # pylint: disable=import-outside-toplevel
+  # Imported here: the registry pulls in the model zoo, which checkpoint users may not need.
+  from hcnn_jax.models import registry  # pylint: disable=import-outside-toplevel
   variables, meta, config_dict = restore_variables(path)
   config = ml_collections.ConfigDict(config_dict)
   class_names = list(meta['class_names'])
-  model = config_check.build_model(config, num_classes=len(class_names))
+  model = registry.build_model(config, num_classes=len(class_names))
   return model, variables, config, class_names

@@ -1,7 +1,7 @@
 """The training loop: `train_and_evaluate(config, workdir)` and `evaluate(config, workdir, split)`.
 
 One run, in order:
-1. the config is checked (`config_check.validate`) before any data is read or anything compiled;
+1. the config is checked (`configs.base.validate`) before any data is read or anything compiled;
 2. the latest checkpoint in `workdir/checkpoints` is restored if there is one: train state, grain
    iterator state and bookkeeping (epochs done, phase, best so far), so a resumed run continues
    bit-for-bit where the saved one was;
@@ -37,10 +37,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from hcnn_jax import tasks
+from hcnn_jax import models, tasks
+from hcnn_jax.configs import base as config_base
 from hcnn_jax.data import in_memory, pipeline, sources
 from hcnn_jax.training import checkpoint as ckpt_lib
-from hcnn_jax.training import config_check, optim, parallel, schedule
+from hcnn_jax.training import optim, parallel, schedule
 from hcnn_jax.training import state as state_lib
 from hcnn_jax.training import progress, resume, track_eval, writers
 
@@ -162,7 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   steps trained).
   """
   parallel.maybe_initialize_distributed()
-  config_check.validate(config)
+  config_base.validate(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
@@ -179,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                      f'{len(train_source)} tracks, fewer than one batch of {batch_size}; lower '
                      'batch_size')
   phase_list = schedule.phases(config, steps_per_epoch)
-  model = config_check.build_model(config, len(class_names), bn_axis_name=parallel.DATA_AXIS)
+  model = models.build_model(config, len(class_names), bn_axis_name=parallel.DATA_AXIS)
   mesh = parallel.make_mesh()
   log_every = int(config.get('log_every_steps') or 50)
   ckpt_every = int(config.get('checkpoint_every_steps') or 0)
@@ -341,9 +342,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, split: str = 'test
   checkpoint directory.
   """
   parallel.maybe_initialize_distributed()
-  config_check.validate(config)
-  if split not in config_check.SPLITS:
-    raise ValueError(f'split: {split!r}; use one of {list(config_check.SPLITS)}')
+  config_base.validate(config)
+  if split not in config_base.SPLITS:
+    raise ValueError(f'split: {split!r}; use one of {list(config_base.SPLITS)}')
   workdir = os.path.abspath(os.path.expanduser(workdir))
   if checkpoint in ('best', 'latest'):
     sub = ckpt_lib.BEST_DIR if checkpoint == 'best' else ckpt_lib.CHECKPOINT_DIR
@@ -367,7 +368,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, split: str = 'test
                      f'{metadata["class_names"]}, the checkpoint {class_names}; evaluate on the '
                      'dataset the model was trained on')
   task = _task(config, metadata)
-  model = config_check.build_model(config, len(class_names), bn_axis_name=parallel.DATA_AXIS)
+  model = models.build_model(config, len(class_names), bn_axis_name=parallel.DATA_AXIS)
   mesh = parallel.make_mesh()
   eval_fn = parallel.make_eval_step(model, task.loss, task.predict, mesh)
   variables = parallel.replicate(variables, mesh)

@@ -196,3 +196,17 @@ def make_eval_step(model: nn.Module, loss_fn: Callable, predict_fn: Callable,
   sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
                           out_specs=P(DATA_AXIS), check_vma=False)
   return _together(jax.jit(sharded), 'the eval step')
+
+
+def check_config(config) -> None:
+  """ValueError naming the key when a batch does not split over the devices and hosts."""
+  batch, devices, hosts = int(config.batch_size), jax.device_count(), jax.process_count()
+  if batch % devices:
+    raise ValueError(f'batch_size: {batch} does not split over the {devices} devices; make it a '
+                     f'multiple of {devices}')
+  if batch % hosts:
+    raise ValueError(f'batch_size: {batch} does not split over the {hosts} hosts')
+  tracks, local = int(config.eval_tracks_per_batch), jax.local_device_count()
+  if tracks % local:
+    raise ValueError(f"eval_tracks_per_batch: {tracks} does not split over this host's {local} "
+                     f'devices; make it a multiple of {local}')

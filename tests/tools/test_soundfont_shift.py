@@ -89,9 +89,10 @@ def _untrained_run(config, workdir: str, class_names) -> None:
   compilation: the tool reads the checkpoint, whatever its weights)."""
   import jax  # pylint: disable=import-outside-toplevel
   from hcnn_jax import tasks  # pylint: disable=import-outside-toplevel
+  from hcnn_jax.models import registry  # pylint: disable=import-outside-toplevel
   from hcnn_jax.training import (  # pylint: disable=import-outside-toplevel
-      checkpoint, config_check, loop, state)
-  model = config_check.build_model(config, len(class_names))
+      checkpoint, loop, state)
+  model = registry.build_model(config, len(class_names))
   variables = state.init_variables(model, jax.random.PRNGKey(0), int(config.input_length))
   # pylint: disable=protected-access
   book = dict(loop._fresh_book(), epochs_done=1, best_epoch=1, best_step=3)

@@ -18,7 +18,8 @@ import pytest
 
 from hcnn_jax.tools import tag
 from hcnn_jax.training import checkpoint as ckpt_lib
-from hcnn_jax.training import config_check, loop, optim, parallel, schedule
+from hcnn_jax.models import registry
+from hcnn_jax.training import loop, optim, parallel, schedule
 from hcnn_jax.training import state as state_lib
 from tests.training.test_loop import tiny_config
 
@@ -114,7 +115,7 @@ def test_resume_skips_a_checkpoint_holding_non_finite_values(run, tmp_path, capl
   workdir = _copy(run, tmp_path)
   config = _config()
   phases = schedule.phases(config, 4)
-  model = config_check.build_model(config, 5, bn_axis_name=parallel.DATA_AXIS)
+  model = registry.build_model(config, 5, bn_axis_name=parallel.DATA_AXIS)
   template = state_lib.create_train_state(model, optim.make_optimizer(phases[0]),
                                           jax.random.PRNGKey(0), int(config.input_length))
   with ckpt_lib.RunCheckpoints(workdir, async_save=False) as ckpts:

@@ -22,7 +22,8 @@ import pytest
 from hcnn_jax.configs import fake_tiny
 from hcnn_jax.data import in_memory, pipeline, sources
 from hcnn_jax.training import checkpoint as ckpt_lib
-from hcnn_jax.training import config_check, loop, parallel, step as step_lib
+from hcnn_jax.configs import base as config_base
+from hcnn_jax.training import loop, parallel, step as step_lib
 from hcnn_jax.training import state as state_lib
 from tests.training import _models
 
@@ -164,12 +165,12 @@ def _with(config, **values):
 def test_config_check_wants_data_in_memory_true_or_false(value):
   config = fake_tiny.get_config()
   assert config.data_in_memory is False
-  config_check.validate(config)
-  config_check.validate(_with(config, data_in_memory=True))
+  config_base.validate(config)
+  config_base.validate(_with(config, data_in_memory=True))
   with pytest.raises(ValueError, match=r'- data_in_memory: must be True or False'):
-    config_check.validate(_with(config, data_in_memory=value))
+    config_base.validate(_with(config, data_in_memory=value))
   del config['data_in_memory']  # a config written before the key existed
-  config_check.validate(config)
+  config_base.validate(config)
 
 
 # ------------------------------------------------------------------------------------- loop

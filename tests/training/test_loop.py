@@ -18,7 +18,8 @@ import pytest
 from hcnn_jax.configs import fake_tiny
 from hcnn_jax.data import pipeline
 from hcnn_jax.training import checkpoint as ckpt_lib
-from hcnn_jax.training import config_check, loop, optim, parallel, track_eval, writers
+from hcnn_jax.configs import base as config_base
+from hcnn_jax.training import loop, optim, parallel, track_eval, writers
 from hcnn_jax.training import state as state_lib
 
 # Every test here shares JAX's persistent compilation cache (conftest's cache_dir).
@@ -312,7 +313,7 @@ def test_validate_lists_every_problem_at_once():
   with config.unlocked():
     config.batch_sizee = 8
   with pytest.raises(ValueError) as err:
-    config_check.validate(config)
+    config_base.validate(config)
   message = str(err.value)
   assert "unknown key(s) ['batch_sizee']" in message
   assert '- worker_count: ' in message and '- optimizer: ' in message
