@@ -6,8 +6,8 @@ Models return logits; the task owns everything after them (docs/architecture.md)
 - 'events'   (DCASE 2017 task 4): multi-label, mean sigmoid BCE, F1 at 0.1 and at optimal
   thresholds, ROC-AUC / PR-AUC.
 
-Model selection follows sota (reference 4.4): best by mean validation loss, mode 'min'. ddhf's DCASE
-run selected by F1@0.1 instead; `get_task('events', selection_metric='f1@0.1',
+Model selection follows sota (`training/solver.py`): best by mean validation loss, mode 'min'.
+ddhf's DCASE run selected by F1@0.1 instead; `get_task('events', selection_metric='f1@0.1',
 selection_mode='max')` reproduces that.
 """
 from __future__ import annotations

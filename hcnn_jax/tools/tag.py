@@ -7,7 +7,7 @@ Any format soundfile decodes (wav, flac, ogg, mp3, aiff, au, caf, w64, ...), any
 (resampled with soxr), mono or multi-channel (averaged), any length: files are decoded, resampled
 and cut into chunks block by block, so memory stays bounded by one batch of chunks whatever the
 length (`hcnn_jax.tools.tagger` says how the chunks cover a file and how their scores are
-averaged). The reference's own demo scored a single centre chunk (reference 4.7).
+averaged). The reference's own demo scored a single centre chunk (sota's `predict.py`).
 
 A bad file gets one line on stderr naming it and saying what is wrong, whatever went wrong, and
 the other files are still tagged. File names that are not UTF-8 are shown with their undecodable

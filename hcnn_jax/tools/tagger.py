@@ -2,8 +2,8 @@
 
 A file shorter than the model's chunk is zero-padded at the end; a longer one is covered by
 overlapping chunks, `hop` samples apart, with one more chunk flush with the end, and the per-chunk
-scores are averaged (the reference's track-level rule, reference 4.5, with a regular hop instead of
-16 chunks, so that a 10-minute file is covered evenly).
+scores are averaged (sota's track-level rule in `training/eval.py`, with a regular hop instead
+of 16 chunks, so that a 10-minute file is covered evenly).
 
 Files are decoded and resampled block by block (`hcnn_jax.data.audio.iter_audio`), and chunks are
 cut from a rolling buffer as the blocks arrive: what is held is one decoded block plus the samples

@@ -31,8 +31,9 @@ from hcnn_jax.training.schedule import Phase
 def decay_mask(name: str) -> Callable | None:
   """Which parameters the weight decay touches.
 
-  'reference': all of them, as torch's optimiser weight_decay does (reference 10.2: the harmonic
-    Q and BN γ/β decay too); returns None (no mask).
+  'reference': all of them, as torch's optimiser weight_decay does (sota's `torch.optim.Adam(...,
+    weight_decay=1e-4)` in `training/solver.py`: the harmonic Q and BN γ/β decay too); returns
+    None (no mask).
   'no_bn_no_bias': only parameters with ≥ 2 dimensions (conv and dense kernels); biases, BN/LN
     scales and scalars such as Q are left alone.
   """
