@@ -11,7 +11,8 @@ the tests use as the oracle:
 
 Macro averages skip classes with no positive or no negative example: there ROC-AUC is undefined
 (sklearn raises; minzwon/sota-music-tagging-models issue #15) and AP is trivially 0 or 1. A
-`warnings.warn` names the skipped classes; the per-class arrays hold NaN there; if every class is skipped the macro is NaN.
+`warnings.warn` names the skipped classes; the per-class arrays hold NaN there; if every class is
+skipped the macro is NaN.
 """
 from __future__ import annotations
 
@@ -74,8 +75,8 @@ def valid_classes(labels, class_names: Sequence[str] | None = None, what: str = 
                   warn: bool = True) -> np.ndarray:
   """Bool (C,): classes with at least one positive and one negative example.
 
-  Warns, naming the others, so that a subset with an empty tag (minzwon/sota-music-tagging-models issue
-  #15) is visible instead of crashing or silently biasing the macro average.
+  Warns, naming the others, so that a subset with an empty tag (minzwon/sota-music-tagging-models
+  issue #15) is visible instead of crashing or silently biasing the macro average.
   """
   labels = np.asarray(labels).astype(bool)
   if labels.ndim == 1:
