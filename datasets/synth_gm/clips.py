@@ -12,6 +12,7 @@ from typing import Dict, FrozenSet, Tuple
 import numpy as np
 
 from . import compose, render
+from . import tags as synth_tags
 
 SAMPLE_RATE = render.SAMPLE_RATE
 # Fixed gain from the soundfont's raw output to the stored mix. Chosen so that the loudest clips
@@ -28,7 +29,7 @@ class Clip:
   id: str
   audio: np.ndarray             # int16 (num_samples,)
   tags: FrozenSet[str]
-  labels: np.ndarray            # float32 (len(compose.TAGS),)
+  labels: np.ndarray            # float32 (len(synth_tags.TAGS),)
   info: Dict[str, object]       # the choices behind the clip, for statistics and debugging
 
 
@@ -56,13 +57,14 @@ def make_clip(seed: int, split: str, index: int, seconds: float,
     mix *= np.float32(PEAK_CEILING / peak)
   audio = np.round(mix * 32767.0).astype(np.int16)
   # The level tags are read from what is stored, so they describe what a model hears.
-  tags = compose.score_tags(score, seconds) | compose.level_tags(audio.astype(np.float32) / 32768.0)
+  tags = (synth_tags.score_tags(score, seconds)
+          | synth_tags.level_tags(audio.astype(np.float32) / 32768.0))
   info = dict(tempo=score.tempo, key=score.key, dynamics=score.dynamics, register=score.register,
               gain_db=score.gain_db, programs=[p.program for p in score.parts],
               roles=[p.role for p in score.parts], peak=min(peak, PEAK_CEILING),
-              attenuated=attenuated, level_dbfs=compose.level_dbfs(audio / 32768.0),
-              median_pitch=compose.median_pitch(score.midi, seconds))
-  return Clip(id=f'{split}/{index:06d}', audio=audio, tags=tags, labels=compose.multi_hot(tags),
+              attenuated=attenuated, level_dbfs=synth_tags.level_dbfs(audio / 32768.0),
+              median_pitch=synth_tags.median_pitch(score.midi, seconds))
+  return Clip(id=f'{split}/{index:06d}', audio=audio, tags=tags, labels=synth_tags.multi_hot(tags),
               info=info)
 
 

@@ -29,7 +29,8 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from . import clips, compose, render
+from . import clips, render
+from . import tags as synth_tags
 from hcnn_jax.data.ordered_pool import OrderedPool, default_workers
 
 _DESCRIPTION = """\
@@ -139,14 +140,14 @@ class SynthGm(tfds.core.ShardBasedBuilder):
             # Raw bytes: the default encoding widens int16 to int64 varints (about 5 bytes a sample).
             'audio': tfds.features.Tensor(shape=(None,), dtype=np.int16,
                                           encoding=tfds.features.Encoding.BYTES),
-            'labels': tfds.features.Tensor(shape=(len(compose.TAGS),), dtype=np.float32),
+            'labels': tfds.features.Tensor(shape=(len(synth_tags.TAGS),), dtype=np.float32),
             'id': tfds.features.Text(),
         }),
         supervised_keys=('audio', 'labels'),
         homepage='https://github.com/craffel/pretty-midi (soundfont), '
                  'https://github.com/nwhitehead/tinysoundfont-pybind (renderer)',
         metadata=tfds.core.MetadataDict(
-            class_names=list(compose.TAGS),
+            class_names=list(synth_tags.TAGS),
             sample_rate=clips.SAMPLE_RATE,
             task='tagging',
             skipped_files=0,
@@ -178,7 +179,7 @@ class SynthGm(tfds.core.ShardBasedBuilder):
     # Written into the prepared folder's metadata.json right after this returns.
     meta = self.info.metadata
     for split, counts in self._counts.items():
-      meta['tag_counts'][split] = {t: int(counts[t]) for t in compose.TAGS}
+      meta['tag_counts'][split] = {t: int(counts[t]) for t in synth_tags.TAGS}
       meta['attenuated_clips'][split] = int(self._attenuated[split])
     if self.builder_config.soundfont != render.DEFAULT_SOUNDFONT:
       # Only the companion configs name their bank, so tiny/default/large write what they wrote.
@@ -188,6 +189,6 @@ class SynthGm(tfds.core.ShardBasedBuilder):
     cfg = self.builder_config
     jobs = [(cfg.seed, split, i, cfg.clip_seconds, cfg.soundfont) for i in range(lo, hi)]
     for clip_id, audio, labels, attenuated in self._pool.map(clips.render_job, jobs):
-      self._counts[split].update(t for t, on in zip(compose.TAGS, labels) if on)
+      self._counts[split].update(t for t, on in zip(synth_tags.TAGS, labels) if on)
       self._attenuated[split] += attenuated
       yield clip_id, {'audio': audio, 'labels': labels, 'id': clip_id}

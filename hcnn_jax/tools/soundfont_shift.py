@@ -57,7 +57,7 @@ def companions(base: str, suffixes: Optional[Sequence[str]] = None) -> Dict[str,
 
 
 def instrument_tags() -> List[str]:
-  return list(_synth_gm_module('compose').INSTRUMENT_TAGS)
+  return list(_synth_gm_module('tags').INSTRUMENT_TAGS)
 
 
 def _mean(values: Sequence[float]) -> float:

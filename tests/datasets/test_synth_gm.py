@@ -13,6 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from datasets.synth_gm import clips, compose, render
+from datasets.synth_gm import tags as synth_tags
 from datasets.synth_gm.synth_gm import OTHER_SOUNDFONTS, SynthGm, SynthGmConfig
 
 
@@ -119,13 +120,13 @@ def test_render_is_stateless_between_clips():
 # ---- Scores and tags -------------------------------------------------------------------------
 
 def test_tags_are_many_unique_and_cover_the_issue():
-  assert len(compose.TAGS) >= 20
-  assert len(set(compose.TAGS)) == len(compose.TAGS)
+  assert len(synth_tags.TAGS) >= 20
+  assert len(set(synth_tags.TAGS)) == len(synth_tags.TAGS)
   for tag in ('piano', 'organ', 'guitar', 'bass', 'strings', 'violin', 'cello', 'brass', 'trumpet',
               'sax', 'flute', 'clarinet', 'choir', 'synth', 'drums', 'no_drums', 'fast', 'slow',
               'loud', 'quiet', 'high', 'low', 'solo', 'ensemble'):
-    assert tag in compose.TAGS
-  for members in compose.INSTRUMENT_TAGS.values():
+    assert tag in synth_tags.TAGS
+  for members in synth_tags.INSTRUMENT_TAGS.values():
     assert members and all(0 <= p < 128 for p in members)
 
 
@@ -134,35 +135,35 @@ def test_score_tag_frequencies_are_useful_and_distinct():
   rows = []
   for i in range(n):
     score = compose.compose(clips.clip_rng(1, 'train', i), seconds)
-    rows.append(compose.multi_hot(compose.score_tags(score, seconds)))
+    rows.append(synth_tags.multi_hot(synth_tags.score_tags(score, seconds)))
   labels = np.stack(rows)
-  freq = dict(zip(compose.TAGS, labels.mean(0)))
-  for tag in set(compose.TAGS) - {'loud', 'quiet'}:  # those two need the rendered audio
+  freq = dict(zip(synth_tags.TAGS, labels.mean(0)))
+  for tag in set(synth_tags.TAGS) - {'loud', 'quiet'}:  # those two need the rendered audio
     assert 0.03 <= freq[tag] <= 0.7, (tag, freq[tag])
-  assert np.all(labels[:, compose.TAGS.index('drums')] + labels[:, compose.TAGS.index('no_drums')] == 1)
-  corr = np.corrcoef(labels[:, [compose.TAGS.index(t) for t in set(compose.TAGS) - {'loud', 'quiet'}]].T)
+  assert np.all(labels[:, synth_tags.TAGS.index('drums')] + labels[:, synth_tags.TAGS.index('no_drums')] == 1)
+  corr = np.corrcoef(labels[:, [synth_tags.TAGS.index(t) for t in set(synth_tags.TAGS) - {'loud', 'quiet'}]].T)
   np.fill_diagonal(corr, 0.0)
   # Only drums/no_drums are complements; every other pair must carry its own information.
   strong = np.argwhere(np.abs(corr) > 0.9)
-  names = [t for t in set(compose.TAGS) - {'loud', 'quiet'}]
+  names = [t for t in set(synth_tags.TAGS) - {'loud', 'quiet'}]
   pairs = {frozenset((names[a], names[b])) for a, b in strong}
   assert pairs <= {frozenset(('drums', 'no_drums'))}, pairs
 
 
 def test_tags_follow_the_score():
   score = compose.compose(clips.clip_rng(5, 'train', 0), 6.0)
-  tags = compose.score_tags(score, 6.0)
+  tags = synth_tags.score_tags(score, 6.0)
   programs = {p.program for p in score.parts if not p.is_drum}
-  for tag, members in compose.INSTRUMENT_TAGS.items():
+  for tag, members in synth_tags.INSTRUMENT_TAGS.items():
     assert (tag in tags) == bool(programs & members), tag
   assert ('drums' in tags) == any(p.is_drum for p in score.parts)
-  assert ('fast' in tags) == (score.tempo >= compose.FAST_BPM)
-  assert ('slow' in tags) == (score.tempo <= compose.SLOW_BPM)
+  assert ('fast' in tags) == (score.tempo >= synth_tags.FAST_BPM)
+  assert ('slow' in tags) == (score.tempo <= synth_tags.SLOW_BPM)
 
 
 def test_multi_hot_rejects_unknown_tags():
   with pytest.raises(ValueError, match='Unknown tags'):
-    compose.multi_hot(frozenset({'kazoo'}))
+    synth_tags.multi_hot(frozenset({'kazoo'}))
 
 
 def test_clip_is_deterministic_int16_with_headroom():
@@ -182,7 +183,7 @@ def test_features_splits_and_ids(tiny, tiny_dir):
   features = tiny.info.features
   assert features['audio'].np_dtype == np.int16 and features['audio'].shape == (None,)
   assert features['labels'].np_dtype == np.float32
-  assert features['labels'].shape == (len(compose.TAGS),)
+  assert features['labels'].shape == (len(synth_tags.TAGS),)
   assert isinstance(features['id'], tfds.features.Text)
   cfg = tiny.builder_config
   ids = {}
@@ -204,13 +205,13 @@ def test_features_splits_and_ids(tiny, tiny_dir):
 
 def test_metadata(tiny, tiny_dir):
   meta = tiny.info.metadata
-  assert list(meta['class_names']) == list(compose.TAGS)
+  assert list(meta['class_names']) == list(synth_tags.TAGS)
   assert meta['sample_rate'] == 16000 and meta['task'] == 'tagging'
   assert meta['skipped_files'] == 0 and list(meta['skipped']) == []
   source = tfds.data_source('synth_gm/tiny', data_dir=tiny_dir)
   for split in ('train', 'validation', 'test'):
     labels = np.stack([r['labels'] for r in source[split]])
-    assert meta['tag_counts'][split] == dict(zip(compose.TAGS, labels.sum(0).astype(int).tolist()))
+    assert meta['tag_counts'][split] == dict(zip(synth_tags.TAGS, labels.sum(0).astype(int).tolist()))
 
 
 def test_stored_clip_equals_a_fresh_render(tiny, tiny_dir):
@@ -270,7 +271,7 @@ def heard():
     ))
     tags.append(clip.tags)
   stats = {k: np.array([s[k] for s in stats]) for k in stats[0]}
-  has = {t: np.array([t in ts for ts in tags]) for t in compose.TAGS}
+  has = {t: np.array([t in ts for ts in tags]) for t in synth_tags.TAGS}
   return stats, has
 
 
@@ -325,7 +326,7 @@ def test_fluidr3_render_holds_the_same_scores_as_the_test_split(tiny, tiny_dir):
   ours = {r['id']: r for r in tfds.data_source('synth_gm/tiny', data_dir=tiny_dir)['test']}
   other = {r['id']: r for r in builder.as_data_source()['test']}
   assert sorted(other) == sorted(ours)
-  score_tags = [i for i, t in enumerate(compose.TAGS) if t not in ('loud', 'quiet')]
+  score_tags = [i for i, t in enumerate(synth_tags.TAGS) if t not in ('loud', 'quiet')]
   for clip_id, record in other.items():
     # Every tag read off the score is the same; loud/quiet are read off this render's waveform.
     np.testing.assert_array_equal(record['labels'][score_tags], ours[clip_id]['labels'][score_tags])

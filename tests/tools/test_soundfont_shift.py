@@ -111,7 +111,8 @@ def _strict_json(path: str):
 
 def test_a_tiny_run_on_the_test_split_and_the_fluidr3_render(tmp_path):
   import datasets  # pylint: disable=import-outside-toplevel
-  from datasets.synth_gm import compose, render  # pylint: disable=import-outside-toplevel
+  from datasets.synth_gm import render  # pylint: disable=import-outside-toplevel
+  from datasets.synth_gm import tags as synth_tags  # pylint: disable=import-outside-toplevel
   from hcnn_jax.data import sources  # pylint: disable=import-outside-toplevel
   try:
     render.soundfont_path('FluidR3_GM')
@@ -120,7 +121,7 @@ def test_a_tiny_run_on_the_test_split_and_the_fluidr3_render(tmp_path):
   data_dir, workdir = str(tmp_path / 'data'), str(tmp_path / 'run')
   config = _synth_tiny_config(data_dir)
   datasets.build('synth_gm', data_dir, 'tiny', num_workers=1)
-  _untrained_run(config, workdir, compose.TAGS)
+  _untrained_run(config, workdir, synth_tags.TAGS)
   shift = soundfont_shift.evaluate_shift(config, workdir, soundfonts=['fluidr3'])
   assert shift['renders'] == {'tiny': 'TimGM6mb', 'tiny_fluidr3': 'FluidR3_GM'}
   out = os.path.join(workdir, 'soundfont_shift')
@@ -130,14 +131,14 @@ def test_a_tiny_run_on_the_test_split_and_the_fluidr3_render(tmp_path):
         pytest.approx(result['roc_auc'])
     source, _ = sources.load('synth_gm', 'test', data_dir, name)
     labels = np.stack([r['labels'] for r in source])
-    assert result['positives'] == dict(zip(compose.TAGS, labels.sum(0).astype(int).tolist()))
+    assert result['positives'] == dict(zip(synth_tags.TAGS, labels.sum(0).astype(int).tolist()))
   rows = shift['rows']
   overall, instruments = rows[-1], rows[-2]
   assert overall['tiny/roc_auc'] == pytest.approx(shift['results']['tiny']['roc_auc'])
   assert overall['tiny_fluidr3/pr_auc'] == pytest.approx(shift['results']['tiny_fluidr3']['pr_auc'])
   per_tag = shift['results']['tiny']['per_class']['roc_auc']
   assert instruments['tiny/roc_auc'] == pytest.approx(
-      np.nanmean([per_tag[t] for t in compose.INSTRUMENT_TAGS]))
+      np.nanmean([per_tag[t] for t in synth_tags.INSTRUMENT_TAGS]))
   # Another bank's samples change the model's scores (the same audio would give zero deltas).
   assert any(abs(r['tiny_fluidr3/delta_pr_auc']) > 1e-6 for r in rows[:-2]
              if np.isfinite(r['tiny_fluidr3/delta_pr_auc']))
