@@ -7,7 +7,7 @@ For every width, dtype and seed, trains `hcnn_jax/configs/hcnn_synth_tiny.py` (t
 synth_gm/default, 8 epochs of AdamW-cosine at batch 16) with `model.kwargs.width` and `dtype`
 overridden, evaluates its best checkpoint on the test split with --eval_chunks chunks per clip,
 and prints the per-dtype mean and spread and the paired difference (bf16 − fp32, same seed, so the
-same initial weights and batches). The criterion of issue 7: |mean difference| ≤ 0.005 ROC-AUC.
+same initial weights and batches). The criterion: |mean difference| ≤ 0.005 ROC-AUC.
 Builds synth_gm/default into --data_dir first when it is missing (about a minute).
 """
 from __future__ import annotations

@@ -4,7 +4,10 @@
       [--variants '{"base": {}, "fb_high": {"filterbank_precision": "high"}}']
       [--trace DIR] [--hlo DIR] [--json OUT.json]
 
-In one process, for each named variant (extra `get_model` kwargs), it compiles and times:
+In one process, for each named variant, it compiles and times the steps below. A variant is extra
+`get_model` kwargs, plus two keys of its own: "speed", the `hcnn_jax.speed.Choices` forced while
+it is built and traced (e.g. {"pool_first": true}), and "fold_bn": true, inference on
+`blocks.fold_batchnorm` of the variables.
 - `train`: the data-parallel train step of `hcnn_jax.training.parallel` (as `bench.run`);
 - `infer`: the evaluation step on the same batch;
 - `frontend`: the model's front-end alone, forward, and forward + gradient of its parameters;
@@ -27,16 +30,22 @@ from typing import Any, Dict, List
 from bench import common
 
 # Per model, the alternatives still to be measured on an accelerator (the first is the baseline).
-# Settled ones (filterbank precision, STFT method) stay reachable through --variants.
-_POOL_FIRST = {'base': {}, 'pool_first': {'pool_first': True}}
+# The settled filterbank precision stays reachable through --variants.
+_POOL_FIRST = {'base': {}, 'pool_first': {'speed': {'pool_first': True}}}
 DEFAULT_VARIANTS = {
     'hcnn': {**_POOL_FIRST, 'fold_bn': {'fold_bn': True}},
     **{name: _POOL_FIRST for name in ('fcn', 'short_chunk', 'crnn')},
-    'musicnn': {'reference': {'pool_first': False, 'conv_grads': 'xla'},
-                'pool_first': {'pool_first': True, 'conv_grads': 'xla'},
-                'matmul_grads': {'pool_first': False, 'conv_grads': 'matmul'},
+    'musicnn': {'reference': {'speed': {'pool_first': False, 'conv_grads': 'xla'}},
+                'pool_first': {'speed': {'pool_first': True, 'conv_grads': 'xla'}},
+                'matmul_grads': {'speed': {'pool_first': False, 'conv_grads': 'matmul'}},
                 'default': {}},
 }
+
+
+def split_variant(variant: Dict[str, Any]):
+  """(get_model kwargs, forced `speed.Choices` fields, fold_bn) of a variant."""
+  kwargs = dict(variant)
+  return kwargs, dict(kwargs.pop('speed', {}) or {}), bool(kwargs.pop('fold_bn', False))
 
 
 def _flops(compiled, key: str = 'flops') -> float:
@@ -50,17 +59,26 @@ def _flops(compiled, key: str = 'flops') -> float:
 
 def measure_variant(model_name: str, variant: Dict[str, Any], *, batch: int, dtype: str,
                     steps: int, hlo_path: str | None = None) -> Dict[str, Any]:
+  from hcnn_jax import speed
+  _, choices, _ = split_variant(variant)
+  with speed.choose(**choices):
+    return _measure(model_name, variant, batch=batch, dtype=dtype, steps=steps, hlo_path=hlo_path)
+
+
+def _measure(model_name: str, variant: Dict[str, Any], *, batch: int, dtype: str,
+             steps: int, hlo_path: str | None = None) -> Dict[str, Any]:
   import jax
   import jax.numpy as jnp
   import numpy as np
   import optax
 
   from hcnn_jax import tasks
-  from hcnn_jax.models import default_input_length, get_model
+  from hcnn_jax.models import blocks, default_input_length, get_model
   from hcnn_jax.training import parallel, precision, state as state_lib
 
+  kwargs, _, fold_bn = split_variant(variant)
   length = default_input_length(model_name)
-  model = get_model(model_name, 50, **precision.model_kwargs(dtype, **variant))
+  model = get_model(model_name, 50, **precision.model_kwargs(dtype, **kwargs))
   task = tasks.get_task('tagging')
   tx = optax.chain(optax.add_decayed_weights(1e-4), optax.adam(1e-4))
   mesh = parallel.make_mesh()
@@ -89,6 +107,8 @@ def measure_variant(model_name: str, variant: Dict[str, Any], *, batch: int, dty
   row['finite'] = bool(np.isfinite(float(jax.device_get(metrics['loss']))))
 
   variables = state_lib.variables(state)
+  if fold_bn:
+    variables = blocks.fold_batchnorm(variables)
   eval_batch = parallel.shard_batch({'audio': audio[:, None, :], 'labels': labels,
                                      'mask': np.ones((batch,), bool)}, mesh)
   infer = parallel.make_eval_step(model, task.loss, task.predict, mesh).lower(
@@ -171,7 +191,8 @@ def main(argv=None) -> Dict[str, Any]:
   parser.add_argument('--dtype', default='bfloat16')
   parser.add_argument('--steps', type=int, default=20)
   parser.add_argument('--variants', type=json.loads, default=None,
-                      help='JSON {name: get_model kwargs}; default per model: '
+                      help='JSON {name: get_model kwargs [+ "speed": {...}, "fold_bn": true]}; '
+                      'default per model: '
                       + json.dumps(DEFAULT_VARIANTS) + ', else {"base": {}}')
   parser.add_argument('--trace', default=None, help='profile the first variant into this dir')
   parser.add_argument('--hlo', default=None, help='write optimised train-step HLO here')
@@ -196,10 +217,10 @@ def main(argv=None) -> Dict[str, Any]:
   if args.trace:
     import numpy as np
     import optax
-    from hcnn_jax import tasks
+    from hcnn_jax import speed, tasks
     from hcnn_jax.models import default_input_length, get_model
     from hcnn_jax.training import parallel, precision, state as state_lib
-    first = next(iter(variants.values()))
+    first, choices, _ = split_variant(next(iter(variants.values())))
     length = default_input_length(args.model)
     model = get_model(args.model, 50, **precision.model_kwargs(args.dtype, **first))
     tx = optax.adam(1e-4)
@@ -214,7 +235,8 @@ def main(argv=None) -> Dict[str, Any]:
 
     def args_fn(out):
       return (state if out is None else out[0]), batch
-    kernels = profile_kernels(step, args_fn, args.trace)
+    with speed.choose(**choices):
+      kernels = profile_kernels(step, args_fn, args.trace)
 
   print(f'\n{jax.devices()[0].device_kind}, jax {jax.__version__}, {args.model} {args.dtype} '
         f'batch {args.batch}\n')

@@ -16,7 +16,8 @@ written once, read once, everything else fused into the kernels around it) and `
 times in training (6: forward write and read; backward one read for the BatchNorm gradient, one
 write of the conv's output gradient and two reads of it, for the input and the kernel gradient).
 Both are lower bounds that no real kernel reaches; the table says what fraction of them a target
-rate demands. The default target rates are issue 7's 15,000 and 50,000 clips/s.
+rate demands. The default target rates are 15,000 and 50,000 clips/s
+(train and inference on one accelerator).
 """
 from __future__ import annotations
 

@@ -38,7 +38,10 @@ def builder_class(name: str) -> type:
   try:
     module = importlib.import_module(module_name)
   except ImportError as e:
-    raise ValueError(f'Dataset {name!r}: cannot import its builder module {module_name} ({e}).') from e
+    from hcnn_jax.cli import extras  # the optional stacks (synth_gm's renderer)
+    hint = extras.INSTALL.get((e.name or '').split('.')[0])
+    raise ValueError(f'Dataset {name!r}: cannot import its builder module {module_name} ({e})'
+                     + (f': {hint}.' if hint else '.')) from e
   try:
     return getattr(module, class_name)
   except AttributeError as e:

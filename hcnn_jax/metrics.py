@@ -10,8 +10,9 @@ the tests use as the oracle:
   `zero_division` (default 0.0, the value sklearn's default 'warn' falls back to).
 
 Macro averages skip classes with no positive or no negative example: there ROC-AUC is undefined
-(sklearn raises, reference issue #15) and AP is trivially 0 or 1. A `warnings.warn` names the
-skipped classes; the per-class arrays hold NaN there; if every class is skipped the macro is NaN.
+(sklearn raises; minzwon/sota-music-tagging-models issue #15) and AP is trivially 0 or 1. A
+`warnings.warn` names the skipped classes; the per-class arrays hold NaN there; if every class is
+skipped the macro is NaN.
 """
 from __future__ import annotations
 
@@ -74,8 +75,8 @@ def valid_classes(labels, class_names: Sequence[str] | None = None, what: str = 
                   warn: bool = True) -> np.ndarray:
   """Bool (C,): classes with at least one positive and one negative example.
 
-  Warns, naming the others, so that a subset with an empty tag (reference issue #15) is visible
-  instead of crashing or silently biasing the macro average.
+  Warns, naming the others, so that a subset with an empty tag (minzwon/sota-music-tagging-models
+  issue #15) is visible instead of crashing or silently biasing the macro average.
   """
   labels = np.asarray(labels).astype(bool)
   if labels.ndim == 1:
@@ -327,7 +328,7 @@ def summarize(task_kind: str, labels, scores, class_names: Sequence[str] | None 
     class_names: column names, for per-class entries and warnings.
     val_thresholds: (C,) thresholds for 'events'.
     mask: optional bool (N,), False for padding rows that must not count.
-    threshold: the fixed F1 threshold for 'events' (reference 0.1).
+    threshold: the fixed F1 threshold for 'events' (ddhf's `eval.py`: 0.1).
   """
   if task_kind not in TASK_KINDS:
     raise ValueError(f'Unknown task kind {task_kind!r}; expected one of {TASK_KINDS}.')

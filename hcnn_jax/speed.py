@@ -33,13 +33,20 @@ the GEMM, so reverse mode transposes it and forward mode (jax.jvp, jacfwd) works
 A convolution over an image no larger than its kernel (HCNN's layer 7: 2 × 3 positions, 3 × 3
 kernel) is one GEMM over its windows on the CPU (`matmul_grad_conv.conv_im2col`): XLA:CPU's
 convolution took 92 ms there against 2 ms (batch 16, 256 channels), ~9 % of HCNN's inference.
+
+`choices()` holds the other such choices the layers read while they are traced (pooling
+implementation, pooling before BatchNorm in training, GEMM gradients); `choose(...)` forces one
+for a test or a benchmark. They are deliberately not model arguments: a model's signature and its
+config keys say what it computes, never how fast.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
 import sys
-from typing import Dict
+from typing import Dict, Iterator, Optional
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +59,80 @@ CPU_XLA_FLAGS: Dict[str, str] = {
 FEW_INPUT_CHANNELS = 8
 
 
+@dataclasses.dataclass(frozen=True)
+class Choices:
+  """How the layers compute what they compute; each choice gives the same values up to rounding.
+
+  pool_impl: 'argmax' keeps each window's int8 argmax for the backward pass (`pooling`), or
+    'reshape' (crop + reshape + max; forward-mode differentiable).
+  pool_first: in training, max-pool before BatchNorm → ReLU (`blocks.BatchNormReLUPool`). None:
+    each layer's measured default (Musicnn's timbral banks pool first, the 2-D conv blocks not:
+    on the CPU it did not pay there, bench/README.md); True / False force it everywhere.
+  conv_grads: 'matmul' computes the gradients where XLA's are slow as GEMMs (Musicnn's tall
+    kernels everywhere, first layers' input gradient on the CPU: `matmul_grad_conv`); 'xla'
+    leaves every convolution to XLA.
+  """
+  pool_impl: str = 'argmax'
+  pool_first: Optional[bool] = None
+  conv_grads: str = 'matmul'
+
+  def __post_init__(self):
+    if self.pool_impl not in ('argmax', 'reshape'):
+      raise ValueError(f"pool_impl must be one of ('reshape', 'argmax'), got {self.pool_impl!r}.")
+    if self.pool_first not in (None, True, False):
+      raise ValueError(f'pool_first must be None, True or False, got {self.pool_first!r}.')
+    if self.conv_grads not in ('xla', 'matmul'):
+      raise ValueError(f"conv_grads must be one of ('xla', 'matmul'), got {self.conv_grads!r}.")
+
+  def pools_first(self, layer_default: bool) -> bool:
+    return layer_default if self.pool_first is None else self.pool_first
+
+
+# jax.default_backend() → its choices; a backend not listed gets Choices(). The GPU figures of
+# bench/gpu_pending.sh decide whether the GPU gets other ones.
+BACKEND_CHOICES: Dict[str, Choices] = {'cpu': Choices()}
+
+_FORCED = None  # jax config state of the forced Choices, made on first use (it imports JAX)
+
+
+def _forced_state():
+  global _FORCED  # pylint: disable=global-statement
+  if _FORCED is None:
+    # A JAX config state with include_in_jit_key: a function jitted under one choice is traced
+    # again under another, instead of running the cached trace (a plain global would not be).
+    from jax._src import config as jax_config  # pylint: disable=import-outside-toplevel
+    _FORCED = jax_config.string_or_object_state(
+        'hcnn_jax_speed_choices', None, 'hcnn_jax.speed.Choices forced by speed.choose.',
+        include_in_jit_key=True, include_in_trace_context=True)
+  return _FORCED
+
+
+def choices() -> Choices:
+  """The choices in force: those of `choose`, else the default backend's (read at trace time)."""
+  forced = _forced_state().value
+  if isinstance(forced, Choices):
+    return forced
+  import jax  # pylint: disable=import-outside-toplevel
+  return BACKEND_CHOICES.get(jax.default_backend(), Choices())
+
+
+@contextlib.contextmanager
+def choose(**overrides) -> Iterator[Choices]:
+  """Forces some choices (fields of `Choices`) inside the block, for tests and benchmarks.
+
+  `with speed.choose(pool_impl='reshape', pool_first=False): ...` Functions jitted inside are
+  traced under these choices (they are part of JAX's jit cache key).
+  """
+  forced = dataclasses.replace(choices(), **overrides)
+  with _forced_state()(forced):
+    yield forced
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kwargs):
   """`lax.conv_general_dilated`, formulated per backend (the same values up to rounding)."""
   import jax  # pylint: disable=import-outside-toplevel
+  if choices().conv_grads == 'xla':
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kwargs)
   if jax.default_backend() == 'cpu' and rhs.ndim == 4 and rhs.shape[2] <= FEW_INPUT_CHANNELS:
     from hcnn_jax.models import matmul_grad_conv  # pylint: disable=import-outside-toplevel
     return matmul_grad_conv.conv_matmul_input_grad(lhs, rhs, window_strides, padding, *args,
@@ -65,6 +143,17 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kwargs):
     from hcnn_jax.models import matmul_grad_conv  # pylint: disable=import-outside-toplevel
     return matmul_grad_conv.conv_im2col(lhs, rhs, window_strides, padding, *args, **kwargs)
   return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kwargs)
+
+
+def tall_conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kwargs):
+  """For tall kernels over few channels (Musicnn's timbral banks): both gradients as GEMMs
+  (`matmul_grad_conv.conv_matmul_grads`, 6.8x faster than XLA's on the CPU) unless
+  conv_grads='xla'."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if choices().conv_grads == 'xla':
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kwargs)
+  from hcnn_jax.models import matmul_grad_conv  # pylint: disable=import-outside-toplevel
+  return matmul_grad_conv.conv_matmul_grads(lhs, rhs, window_strides, padding, *args, **kwargs)
 
 
 # mallopt parameters (glibc's malloc.h) → values, for processes that run JAX on the CPU.

@@ -6,8 +6,8 @@ Models return logits; the task owns everything after them (docs/architecture.md)
 - 'events'   (DCASE 2017 task 4): multi-label, mean sigmoid BCE, F1 at 0.1 and at optimal
   thresholds, ROC-AUC / PR-AUC.
 
-Model selection follows sota (reference 4.4): best by mean validation loss, mode 'min'. ddhf's DCASE
-run selected by F1@0.1 instead; `get_task('events', selection_metric='f1@0.1',
+Model selection follows sota (`training/solver.py`): best by mean validation loss, mode 'min'.
+ddhf's DCASE run selected by F1@0.1 instead; `get_task('events', selection_metric='f1@0.1',
 selection_mode='max')` reproduces that.
 """
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from hcnn_jax import metrics as metrics_lib
 
@@ -39,6 +38,7 @@ def sigmoid_bce(logits: jnp.ndarray, labels: jnp.ndarray, mask=None) -> jnp.ndar
 
   Computed from logits with optax's log-sigmoid form, so ±100 logits stay finite.
   """
+  import optax  # pylint: disable=import-outside-toplevel  (inference never imports it)
   logits = jnp.asarray(logits, jnp.float32)
   labels = jnp.asarray(labels, jnp.float32)
   per_example = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels), axis=-1)
@@ -50,6 +50,7 @@ def softmax_ce(logits: jnp.ndarray, labels: jnp.ndarray, mask=None) -> jnp.ndarr
 
   labels: one-hot (B, C) as the datasets store them, or integer classes (B,).
   """
+  import optax  # pylint: disable=import-outside-toplevel
   logits, labels = jnp.asarray(logits, jnp.float32), jnp.asarray(labels)
   if labels.ndim == logits.ndim - 1:
     per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -118,3 +119,17 @@ def get_task(kind: str, selection_metric: str | None = None,
   if selection_mode is not None:
     task = dataclasses.replace(task, selection_mode=selection_mode)
   return task
+
+
+def check_config(config) -> None:
+  """ValueError naming the key(s) when the config's task or selection rule is not one."""
+  problems = []
+  task = config.get('task')
+  if task is not None and task not in KINDS:
+    problems.append(f'task: {task!r} is not a task; use one of {list(KINDS)} (or leave it unset '
+                    "to take the dataset's)")
+  mode = config.get('selection_mode')
+  if mode is not None and mode not in _MODES:
+    problems.append(f'selection_mode: {mode!r}; use one of {list(_MODES)}')
+  if problems:
+    raise ValueError(' - '.join(problems))

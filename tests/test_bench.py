@@ -27,6 +27,7 @@ def _rate(value):
 
 # Slow: about 35 s on a 2-core CPU with a cold cache (a fresh subprocess imports JAX and compiles
 # the HCNN step), 4 s with a warm one.
+@pytest.mark.slow
 def test_run_cpu_preset(cache_dir, tmp_path, monkeypatch):
   from bench import run
   monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', cache_dir)
@@ -55,6 +56,7 @@ def test_run_rejects_an_unknown_model_before_running_anything():
     run.main(['--models', 'no_such_model'])
 
 
+@pytest.mark.slow
 def test_breakdown_of_one_tiny_variant(cache_dir):
   from bench import breakdown
   result = breakdown.main(['--batch', '2', '--steps', '1', '--dtype', 'float32',
@@ -78,6 +80,7 @@ def test_breakdown_keeps_a_broken_variant_as_an_error_row(cache_dir):
   assert set(result['rows']['bad']) == {'error'}
 
 
+@pytest.mark.slow
 def test_end_to_end_disk_and_memory_feeds(cache_dir, tmp_path, monkeypatch):
   from bench import end_to_end
   from hcnn_jax.data import in_memory
@@ -109,6 +112,7 @@ def test_end_to_end_disk_and_memory_feeds(cache_dir, tmp_path, monkeypatch):
   assert os.listdir(shm) == []  # and removed when the benchmark let go of it
 
 
+@pytest.mark.slow
 def test_end_to_end_reads_a_prepared_dataset(cache_dir, tmp_path, monkeypatch):
   """--dataset: the MTAT-sized rendered set on a GPU host; synth_gm/tiny (6-s clips) here."""
   del cache_dir  # compiled into the shared cache like the other runs
@@ -147,6 +151,7 @@ def test_end_to_end_rejects_a_bad_feed():
     end_to_end.main(['--feeds', 'disk:0:float16'])
 
 
+@pytest.mark.slow
 def test_torch_twin_measures_on_the_cpu():
   torch = pytest.importorskip('torch')
   from bench import torch_hcnn
@@ -162,12 +167,16 @@ def test_every_default_variant_builds_and_the_pending_script_names_them():
   import subprocess  # pylint: disable=import-outside-toplevel
 
   from bench import breakdown  # pylint: disable=import-outside-toplevel
+  from hcnn_jax import speed  # pylint: disable=import-outside-toplevel
   from hcnn_jax.models import get_model  # pylint: disable=import-outside-toplevel
   for model, variants in breakdown.DEFAULT_VARIANTS.items():
-    for name, kwargs in variants.items():
+    for name, variant in variants.items():
+      kwargs, choices, _ = breakdown.split_variant(variant)
       built = get_model(model, 3, **kwargs)
       for key, value in kwargs.items():
         assert getattr(built.backend, key) == value, (model, name, key)
+      with speed.choose(**choices) as forced:  # a renamed choice raises here
+        assert all(getattr(forced, k) == v for k, v in choices.items()), (model, name)
   script = os.path.join(os.path.dirname(breakdown.__file__), 'gpu_pending.sh')
   subprocess.run(['bash', '-n', script], check=True)
   text = open(script).read()
@@ -179,6 +188,7 @@ def test_every_default_variant_builds_and_the_pending_script_names_them():
   assert set(re.findall(r'synth_gm --config (\w+)', text)) == {'large'}
 
 
+@pytest.mark.slow
 def test_roofline_counts_every_flop_once_and_the_conv_outputs():
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from bench import roofline  # pylint: disable=import-outside-toplevel

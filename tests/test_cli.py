@@ -14,7 +14,8 @@ import pytest
 from hcnn_jax.configs import fake_tiny, paper
 from hcnn_jax.data import sources
 from hcnn_jax.models import registry
-from hcnn_jax.training import config_check, loop
+from hcnn_jax.configs import base as config_base
+from hcnn_jax.training import loop
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = 'tracks=16,classes=5,samples=24000'
@@ -49,7 +50,13 @@ def test_eval_cli_reproduces_the_training_runs_test_metrics(trained, cache_dir):
   # The same best weights, chunks and compiled program as the run's own final evaluation.
   for key in ('loss', 'roc_auc', 'pr_auc', 'num_examples'):
     assert metrics[key] == result[key], key
-  assert metrics['split'] == 'test' and metrics['checkpoint'].endswith('best')
+  assert metrics['split'] == 'test' and metrics['checkpoint'] == result['checkpoint']
+  # How the scores were computed, and no absolute path: the file describes the run anywhere.
+  assert metrics['checkpoint'].startswith('best' + os.sep)
+  assert metrics['checkpoint_step'] == result['checkpoint_step'] == int(
+      metrics['checkpoint'].split(os.sep)[-1])
+  assert metrics['eval_chunks'] == result['eval_chunks'] == 4
+  assert workdir not in open(os.path.join(workdir, 'metrics_test.json')).read()
   table = open(os.path.join(workdir, 'per_class_test.csv')).read().splitlines()
   assert table[0] == 'class,positives,pr_auc,roc_auc' and len(table) == 6
   assert os.path.exists(os.path.join(workdir, 'per_class_test.md'))
@@ -60,7 +67,7 @@ def test_evaluate_latest_checkpoint_on_validation(trained, cache_dir):
   config = fake_tiny.get_config()
   config.dataset.config_name = FAKE
   result = loop.evaluate(config, workdir, split='validation', checkpoint='latest')
-  assert result['checkpoint'] == os.path.join(workdir, 'checkpoints')
+  assert result['checkpoint'] == os.path.join('checkpoints', str(result['checkpoint_step']))
   logged = json.load(open(os.path.join(workdir, 'metrics_validation.json')))
   assert logged['loss'] == result['loss'] and result['num_examples'] == 16
   other = fake_tiny.get_config()
@@ -110,7 +117,7 @@ CONFIG_FILES = sorted(os.path.basename(p)[:-3] for p in glob.glob(
 def test_every_config_file_validates(name):
   module = importlib.import_module(f'hcnn_jax.configs.{name}')
   config = module.get_config()
-  config_check.validate(config)
+  config_base.validate(config)
   assert 'python train.py --config hcnn_jax/configs/' + name + '.py' in module.__doc__
 
 
@@ -119,7 +126,7 @@ def test_paper_configs_cover_both_tables_with_registered_input_lengths():
   for model, dataset in sorted(paper.PAIRS):
     config = paper.get_config(f'model={model},dataset={dataset}')
     assert config.input_length == registry.default_input_length(config.model.name)
-    config_check.validate(config)
+    config_base.validate(config)
   assert paper.get_config('model=hcnn,dataset=speech_commands').model.name == 'hcnn_keywords'
   assert paper.get_config('model=musicnn,dataset=msd').model.kwargs.variant == 'msd'
   assert paper.get_config('model=hcnn,dataset=mtat,n_harmonic=3').model.kwargs.n_harmonic == 3

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hcnn_jax.configs import fake_tiny, hcnn_synth_tiny
-from hcnn_jax.training import config_check
+from hcnn_jax.configs import base as config_base
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = 'hcnn_jax/configs/fake_tiny.py'
@@ -84,7 +84,7 @@ def test_warmup_steps_is_a_typed_placeholder_and_typos_in_files_get_the_nearest_
     config.dataset.nme = 'x'
     config.optimizer.adam_lrr = 1e-3
   with pytest.raises(ValueError) as err:
-    config_check.validate(config)
+    config_base.validate(config)
   message = str(err.value)
   assert "- unknown key(s) ['batchsize'] (a typo?): did you mean 'batch_size'?" in message
   assert "- dataset: unknown key(s) ['nme'] (a typo?): did you mean 'name'?" in message

@@ -47,7 +47,7 @@ def test_all_tied_scores_give_chance_auc_and_prevalence_ap():
 
 def test_degenerate_classes_are_skipped_with_a_warning():
   labels, scores = _data('tied', c=5)
-  labels[:, 1] = 0  # no positives (reference issue #15)
+  labels[:, 1] = 0  # no positives (minzwon/sota-music-tagging-models issue #15)
   labels[:, 3] = 1  # no negatives
   names = ['rock', 'happy', 'piano', 'loud', 'slow']
   valid = [0, 2, 4]

@@ -2,10 +2,11 @@
 console scripts build a dataset, train, evaluate and tag from a directory that is not the
 repository; and the dataset builders work under the name the wheel gives them.
 
-The clean environment is a venv of this interpreter that sees the installed dependencies (the
-test venv's site-packages, through a folder of links that leaves out this checkout's editable
-hcnn-jax) and nothing of the repository: no PYTHONPATH, another working directory. A package
-named `datasets` stands for Hugging Face's, which an installed `datasets` usually is.
+The clean environment is a venv of this interpreter that sees only what `pip install
+'hcnn-jax[render]'` and tinysoundfont would install (the wheel's Requires-Dist closure, linked
+from the test venv's site-packages: no torch, librosa, pedalboard, scikit-learn, pandas or pytest)
+and nothing of the repository: no PYTHONPATH, another working directory. A package named
+`datasets` stands for Hugging Face's, which an installed `datasets` usually is.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import subprocess
 import sys
 import sysconfig
 import zipfile
+from email.parser import Parser
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +28,13 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parents[1]
 # What the wheel is built from (the rest of the tree is tests, benchmarks and the demo).
 SOURCES = ('setup.py', 'setup.cfg', 'pyproject.toml', 'README.md', 'hcnn_jax', 'datasets')
-SCRIPTS = ('hcnn-train', 'hcnn-eval', 'hcnn-build', 'hcnn-tag', 'hcnn-ablation',
-           'hcnn-robustness', 'hcnn-interpret', 'hcnn-import-torch')
+SCRIPTS = ('hcnn-train', 'hcnn-eval', 'hcnn-demo', 'hcnn-build', 'hcnn-tag', 'hcnn-ablation',
+           'hcnn-robustness', 'hcnn-soundfont-shift', 'hcnn-interpret', 'hcnn-import-torch')
+# What the clean venv gets besides the wheel's own requirements: the [render] extra and synth_gm's
+# renderer, which the Makefile installs with --no-deps.
+EXTRAS, NO_DEPS = ('render',), ('tinysoundfont',)
+# Brought only by the [tools], [torch] and [test] extras: none of them may be in the clean venv.
+NOT_INSTALLED = ('torch', 'librosa', 'pedalboard', 'numba', 'sklearn', 'pandas', 'pytest')
 # Raises if anything imports it: our builders must never be looked for under this name.
 HUGGING_FACE_STAND_IN = 'raise ImportError("Hugging Face datasets stand-in: not ours to import")\n'
 # hcnn_synth_tiny shrunk to seconds: 3 steps of 8 clips, width 4, 2 harmonics, 2 chunks a clip.
@@ -66,8 +74,30 @@ def _build_wheel(tmp_path: Path) -> Path:
   return wheel
 
 
-def _clean_venv(tmp_path: Path) -> Path:
-  """A venv that sees the installed dependencies but neither this checkout nor its hcnn-jax."""
+def _closure(wheel: Path) -> set:
+  """The installed distributions that the wheel's Requires-Dist (with EXTRAS) pulls in, and
+  NO_DEPS, by canonical name."""
+  from packaging.requirements import Requirement  # pylint: disable=import-outside-toplevel
+  from packaging.utils import canonicalize_name  # pylint: disable=import-outside-toplevel
+  with zipfile.ZipFile(wheel) as zf:
+    (meta,) = [n for n in zf.namelist() if n.endswith('.dist-info/METADATA')]
+    wanted = Parser().parsestr(zf.read(meta).decode()).get_all('Requires-Dist') or []
+  todo, found = [(line, set(EXTRAS)) for line in wanted], set(NO_DEPS)
+  while todo:
+    line, extras = todo.pop()
+    req = Requirement(line)
+    if req.marker and not any(req.marker.evaluate({'extra': e}) for e in extras | {''}):
+      continue
+    name = canonicalize_name(req.name)
+    if name not in found:
+      found.add(name)
+      todo += [(r, set(req.extras)) for r in metadata.distribution(name).requires or []]
+  return found
+
+
+def _clean_venv(tmp_path: Path, wheel: Path) -> Path:
+  """A venv that sees the wheel's installed dependencies, but not this checkout, its hcnn-jax,
+  or any other package of the test venv."""
   venv = tmp_path / 'venv'
   _run([sys.executable, '-m', 'venv', '--without-pip', venv], tmp_path, dict(os.environ))
   python = venv / 'bin' / 'python'
@@ -75,15 +105,19 @@ def _clean_venv(tmp_path: Path) -> Path:
                    tmp_path, dict(os.environ)).strip())
   deps = tmp_path / 'deps'
   deps.mkdir()
-  for entry in Path(sysconfig.get_paths()['purelib']).iterdir():
-    if not entry.name.lower().startswith(('hcnn', '__editable__', 'datasets')):
-      (deps / entry.name).symlink_to(entry)
+  for name in sorted(_closure(wheel)):
+    dist = metadata.distribution(name)
+    # Its top-level entries (packages, modules, .libs, the dist-info), from its RECORD.
+    for top in sorted({Path(str(f)).parts[0] for f in dist.files or []} - {'..'}):
+      if not (deps / top).exists():
+        (deps / top).symlink_to(Path(dist.locate_file(top)))
   (site / '_test_dependencies.pth').write_text(f'{deps}\n')
   (site / 'datasets').mkdir()
   (site / 'datasets' / '__init__.py').write_text(HUGGING_FACE_STAND_IN)
   return venv
 
 
+@pytest.mark.slow
 def test_wheel_builds_trains_evaluates_and_tags_from_another_directory(tmp_path, cache_dir):
   wheel = _build_wheel(tmp_path)
   names = zipfile.ZipFile(wheel).namelist()
@@ -91,17 +125,21 @@ def test_wheel_builds_trains_evaluates_and_tags_from_another_directory(tmp_path,
   assert 'hcnn_datasets/mtat/README.md' in names  # the builders' messages point at it
   assert not any(n.startswith(('datasets/', 'tests/', 'bench/')) for n in names)
 
-  venv = _clean_venv(tmp_path)
+  venv = _clean_venv(tmp_path, wheel)
   bin_dir = venv / 'bin'
   env = _clean_env(cache_dir)
-  _run([bin_dir / 'python', '-m', 'pip', 'install', '-q', '--no-deps', '--no-index', wheel],
-       tmp_path, env)
+  # This venv's pip, run for the clean one: pip is no requirement of the wheel, so not in there.
+  _run([sys.executable, '-m', 'pip', '--python', bin_dir / 'python', 'install', '-q', '--no-deps',
+        '--no-index', wheel], tmp_path, env)
   assert all((bin_dir / s).exists() for s in SCRIPTS), sorted(os.listdir(bin_dir))
   work = tmp_path / 'elsewhere'
   work.mkdir()
   where = _run([bin_dir / 'python', '-c', 'import hcnn_jax, hcnn_datasets; '
                 'print(hcnn_jax.__file__); print(hcnn_datasets.__file__)'], work, env)
   assert all(line.startswith(str(venv)) for line in where.split()), where
+  absent = _run([bin_dir / 'python', '-c', 'import importlib.util as u; '
+                 f'print([m for m in {NOT_INSTALLED!r} if u.find_spec(m)])'], work, env)
+  assert absent.strip() == '[]', absent
 
   out = _run([bin_dir / 'hcnn-build', 'synth_gm', '--data_dir', 'data', '--config', 'tiny',
               '--num_workers', '1'], work, env)
@@ -124,6 +162,11 @@ def test_wheel_builds_trains_evaluates_and_tags_from_another_directory(tmp_path,
   assert report['checkpoint'] == {'path': os.path.join('run', 'best', step), 'step': int(step)}
   (result,) = report['results']
   assert result['file'] == 'song.wav' and len(result['scores']) == 26
+  # The demo over the same data and the finished run: it re-evaluates, scores the baseline and
+  # tags a test clip, all without the packages of NOT_INSTALLED.
+  out = _run([bin_dir / 'hcnn-demo', '--workdir', 'run', '--data_dir', 'data', '--eval_chunks',
+              '2', *TINY_RUN], work, env)
+  assert 'per-tag prior (baseline)' in out and 'predicted: ' in out, out
 
   # The absl tools run as `python -m` runs them, the shipped config found by its bare name: a
   # mistyped key is their one-line error, before any work.
@@ -134,6 +177,13 @@ def test_wheel_builds_trains_evaluates_and_tags_from_another_directory(tmp_path,
       'robustness: error: --config.batchsize: no such key in '), done.stderr[-3000:]
   for script in ('hcnn-interpret', 'hcnn-import-torch'):
     assert script in _run([bin_dir / script, '--help'], work, env)
+  # The commands that need an extra say which, before any work.
+  for args, extra in ((['hcnn-robustness', '--config', 'hcnn_synth_tiny', '--workdir', 'run'],
+                       'tools'), (['hcnn-import-torch', 'song.wav', '--out', 'imported'], 'torch')):
+    done = subprocess.run([bin_dir / args[0], *args[1:]], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr[-3000:]
+    assert f"pip install 'hcnn-jax[{extra}]'" in done.stderr, done.stderr
 
 
 def test_builders_work_under_the_wheels_name_beside_another_datasets(tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -120,16 +121,14 @@ def test_cpu_malloc_settings_only_where_jax_runs_on_the_cpu():
   assert speed.apply_cpu_malloc({**on, 'JAX_PLATFORMS': 'cpu', 'MALLOC_ARENA_MAX': '4'}) == {}
   assert speed.apply_cpu_malloc({**on, 'JAX_PLATFORMS': 'cpu',
                                  'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}) == {}
-  import platform  # pylint: disable=import-outside-toplevel
-  if sys.platform.startswith('linux') and platform.libc_ver()[0] == 'glibc':
-    # The test process then keeps these settings: they change no result.
-    assert speed.apply_cpu_malloc({**on, 'JAX_PLATFORMS': 'cpu'}) == speed.CPU_MALLOPT
+  # Where it applies, it is applied in a fresh process below: mallopt lasts for the process.
 
 
 _FAULTS = """
 import resource, sys
 if sys.argv[1] == 'package':
   import hcnn_jax
+  assert hcnn_jax._speed.apply_cpu_malloc() == hcnn_jax._speed.CPU_MALLOPT  # set again: same
 import jax, jax.numpy as jnp
 f = jax.jit(lambda x: jnp.sum(jnp.sin(x * 2.0) * 3.0, axis=0))
 x = jnp.ones((16, 1024, 1024))  # 64 MB
@@ -141,7 +140,8 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 6)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc')
+@pytest.mark.skipif(not sys.platform.startswith('linux') or platform.libc_ver()[0] != 'glibc',
+                    reason="glibc's malloc")
 def test_large_buffers_are_not_faulted_in_again_every_step():
   env = {k: v for k, v in os.environ.items() if not k.startswith('MALLOC_')}
   env.update(JAX_PLATFORMS='cpu', HCNN_JAX_CPU_MALLOC='1')

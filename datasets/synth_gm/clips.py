@@ -12,6 +12,7 @@ from typing import Dict, FrozenSet, Tuple
 import numpy as np
 
 from . import compose, render
+from . import tags as synth_tags
 
 SAMPLE_RATE = render.SAMPLE_RATE
 # Fixed gain from the soundfont's raw output to the stored mix. Chosen so that the loudest clips
@@ -28,7 +29,7 @@ class Clip:
   id: str
   audio: np.ndarray             # int16 (num_samples,)
   tags: FrozenSet[str]
-  labels: np.ndarray            # float32 (len(compose.TAGS),)
+  labels: np.ndarray            # float32 (len(synth_tags.TAGS),)
   info: Dict[str, object]       # the choices behind the clip, for statistics and debugging
 
 
@@ -38,32 +39,39 @@ def clip_rng(seed: int, split: str, index: int) -> np.random.Generator:
   return np.random.default_rng([int(seed), code, int(index)])
 
 
-def make_clip(seed: int, split: str, index: int, seconds: float) -> Clip:
-  """Composes and renders clip `index` of `split`; deterministic in its arguments."""
+def make_clip(seed: int, split: str, index: int, seconds: float,
+              soundfont: str = render.DEFAULT_SOUNDFONT) -> Clip:
+  """Composes and renders clip `index` of `split`; deterministic in its arguments.
+
+  `soundfont` changes only the rendering: the score (and so every tag but loud/quiet) depends on
+  (seed, split, index, seconds) alone, and the soundfont's `gain_db` keeps its levels comparable.
+  """
   num_samples = int(round(seconds * SAMPLE_RATE))
   score = compose.compose(clip_rng(seed, split, index), seconds)
-  mix = render.render(score.midi, num_samples)
-  mix *= np.float32(10 ** ((score.gain_db + OUTPUT_GAIN_DB) / 20.0))
+  bank = render.soundfont(soundfont)
+  mix = render.render(score.midi, num_samples, soundfont_name=soundfont)
+  mix *= np.float32(10 ** ((score.gain_db + OUTPUT_GAIN_DB + bank.gain_db) / 20.0))
   peak = float(np.max(np.abs(mix))) if num_samples else 0.0
   attenuated = peak > PEAK_CEILING
   if attenuated:
     mix *= np.float32(PEAK_CEILING / peak)
   audio = np.round(mix * 32767.0).astype(np.int16)
   # The level tags are read from what is stored, so they describe what a model hears.
-  tags = compose.score_tags(score, seconds) | compose.level_tags(audio.astype(np.float32) / 32768.0)
+  tags = (synth_tags.score_tags(score, seconds)
+          | synth_tags.level_tags(audio.astype(np.float32) / 32768.0))
   info = dict(tempo=score.tempo, key=score.key, dynamics=score.dynamics, register=score.register,
               gain_db=score.gain_db, programs=[p.program for p in score.parts],
               roles=[p.role for p in score.parts], peak=min(peak, PEAK_CEILING),
-              attenuated=attenuated, level_dbfs=compose.level_dbfs(audio / 32768.0),
-              median_pitch=compose.median_pitch(score.midi, seconds))
-  return Clip(id=f'{split}/{index:06d}', audio=audio, tags=tags, labels=compose.multi_hot(tags),
+              attenuated=attenuated, level_dbfs=synth_tags.level_dbfs(audio / 32768.0),
+              median_pitch=synth_tags.median_pitch(score.midi, seconds))
+  return Clip(id=f'{split}/{index:06d}', audio=audio, tags=tags, labels=synth_tags.multi_hot(tags),
               info=info)
 
 
 RenderedClip = Tuple[str, np.ndarray, np.ndarray, bool]  # id, int16 audio, labels, attenuated
 
 
-def render_job(args: Tuple[int, str, int, float]) -> RenderedClip:
+def render_job(args: Tuple[int, str, int, float, str]) -> RenderedClip:
   """make_clip for a worker pool: top-level (picklable), returns only what the writer stores."""
   clip = make_clip(*args)
   return clip.id, clip.audio, clip.labels, bool(clip.info['attenuated'])

@@ -1,11 +1,15 @@
-"""Renders a pretty_midi score to 16 kHz mono float32 with TinySoundFont and the GM soundfont.
+"""Renders a pretty_midi score to 16 kHz mono float32 with TinySoundFont and a GM soundfont.
 
 TinySoundFont renders at any output rate (it resamples each instrument sample itself), so the clips
-are rendered at 16 kHz directly, with no resampling pass. The soundfont is TimGM6mb.sf2, the General
-MIDI bank that ships inside the pretty_midi package (all 128 GM programs and 8 drum kits).
+are rendered at 16 kHz directly, with no resampling pass. The dataset's soundfont is TimGM6mb.sf2,
+the General MIDI bank that ships inside the pretty_midi package (all 128 GM programs and 8 drum
+kits). `SOUNDFONTS` also names two other GM banks from Debian packages, used only to re-render the
+same test scores (the `*_fluidr3` / `*_musescore` configs): a model that learned timbre rather
+than one bank's samples should score the same on them.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from typing import List, Tuple
@@ -25,28 +29,65 @@ DRUM_KITS = {0: 'standard', 8: 'room', 16: 'power', 24: 'electronic', 25: 'tr808
 _CONTROL, _NOTE_OFF, _NOTE_ON = 0, 1, 2
 
 
-def soundfont_path() -> str:
-  """Path of the General MIDI soundfont shipped with pretty_midi."""
-  path = os.path.join(os.path.dirname(pretty_midi.__file__), 'TimGM6mb.sf2')
+@dataclasses.dataclass(frozen=True)
+class Soundfont:
+  """A General MIDI soundfont: where it is, what installs it, its output gain to the dataset's."""
+  name: str
+  path: str          # absolute, or relative to the pretty_midi package
+  install: str       # the one command that puts the file there
+  # Added to the mix gain so that the median level matches TimGM6mb's: minus the median over 200
+  # train scores of the default config (seed 2020, 8 s; not test) of this bank's RMS level minus
+  # TimGM6mb's on the same score (datasets/synth_gm/README.md, "Other soundfonts").
+  gain_db: float = 0.0
+
+
+DEFAULT_SOUNDFONT = 'TimGM6mb'
+# The Debian files are named by the package's own file, not by the alternatives link
+# (/usr/share/sounds/sf2/default-GM.sf2), which another installed bank could redirect.
+SOUNDFONTS = {s.name: s for s in (
+    Soundfont('TimGM6mb', 'TimGM6mb.sf2',
+              'pip install --force-reinstall pretty_midi==0.2.11.post0'),
+    # Frank Wen's FluidR3 GM bank (141 MiB, 16-bit samples), Debian package 3.1-5.3.
+    Soundfont('FluidR3_GM', '/usr/share/sounds/sf2/FluidR3_GM.sf2',
+              'apt-get install fluid-soundfont-gm (or: make soundfonts)', gain_db=-3.3),
+    # MuseScore General Lite 0.2.1 (SF3: Ogg Vorbis samples, which TinySoundFont decodes).
+    Soundfont('MuseScore_General', '/usr/share/sounds/sf3/MuseScore_General_Lite.sf3',
+              'apt-get install musescore-general-soundfont-small (or: make soundfonts)',
+              gain_db=3.0),
+)}
+
+
+def soundfont(name: str = DEFAULT_SOUNDFONT) -> Soundfont:
+  if name not in SOUNDFONTS:
+    raise ValueError(f'Unknown soundfont {name!r}; use one of {sorted(SOUNDFONTS)}.')
+  return SOUNDFONTS[name]
+
+
+def soundfont_path(name: str = DEFAULT_SOUNDFONT) -> str:
+  """Path of the named General MIDI soundfont (default: the one shipped with pretty_midi)."""
+  sf = soundfont(name)
+  path = os.path.join(os.path.dirname(pretty_midi.__file__), sf.path)
   if not os.path.exists(path):
-    raise ValueError(f'The GM soundfont {path} is missing: reinstall pretty_midi '
-                     '(pip install --force-reinstall pretty_midi==0.2.11.post0).')
+    raise ValueError(f'The GM soundfont {name} ({path}) is missing: install it with '
+                     f'`{sf.install}`.')
   return path
 
 
 @functools.lru_cache(maxsize=None)
-def _soundfont(sample_rate: int) -> tsf.SoundFont:
-  # One parsed soundfont per process and rate; `reset()` clears voices and channels between clips.
-  sf = tsf.SoundFont(soundfont_path())
+def _soundfont(sample_rate: int, name: str = DEFAULT_SOUNDFONT) -> tsf.SoundFont:
+  # One parsed soundfont per process, rate and bank; `reset()` clears voices and channels between
+  # clips.
+  sf = tsf.SoundFont(soundfont_path(name))
   sf.set_output(tsf.OutputMode.Mono, sample_rate, 0.0)
   # Chords with long releases plus a drum kit stay well under this; a cut voice would be audible.
   sf.set_max_voices(256)
   return sf
 
 
-def preset_name(program: int, is_drum: bool = False) -> str | None:
+def preset_name(program: int, is_drum: bool = False, soundfont_name: str = DEFAULT_SOUNDFONT
+                ) -> str | None:
   """The soundfont's name for a GM program (or a drum kit), None if it has no such preset."""
-  name = _soundfont(SAMPLE_RATE).get_preset_name(128 if is_drum else 0, program)
+  name = _soundfont(SAMPLE_RATE, soundfont_name).get_preset_name(128 if is_drum else 0, program)
   return None if name == '<None>' else name
 
 
@@ -78,14 +119,14 @@ def _events(midi: pretty_midi.PrettyMIDI, sample_rate: int
   return events, setup
 
 
-def render(midi: pretty_midi.PrettyMIDI, num_samples: int, sample_rate: int = SAMPLE_RATE
-           ) -> np.ndarray:
+def render(midi: pretty_midi.PrettyMIDI, num_samples: int, sample_rate: int = SAMPLE_RATE,
+           soundfont_name: str = DEFAULT_SOUNDFONT) -> np.ndarray:
   """Renders the first `num_samples` of the score; returns float32 (num_samples,), unscaled.
 
   Each pretty_midi instrument gets its own channel (drums on channel 10); control changes
   (e.g. CC7 volume) are applied at their times. Notes still sounding at the end are cut.
   """
-  sf = _soundfont(sample_rate)
+  sf = _soundfont(sample_rate, soundfont_name)
   _silence(sf, sample_rate)
   events, setup = _events(midi, sample_rate)
   for channel, program, is_drum in setup:

@@ -3,7 +3,10 @@
 Nothing is downloaded: each clip is composed (datasets/synth_gm/compose.py), rendered with
 TinySoundFont and the GM soundfont that ships in pretty_midi (render.py), and tagged from its score
 (see README.md for the tag definitions and frequencies). Configs: `tiny` (tests), `default` (the
-first-run dataset) and `large` (MTAT-sized: 21,108 clips of 29.1 s).
+first-run dataset) and `large` (MTAT-sized: 21,108 clips of 29.1 s). Each has two companions,
+`<config>_fluidr3` and `<config>_musescore`: only its test split, the same scores (same seed, ids
+and clip length) rendered with another General MIDI soundfont from a Debian package, to measure
+how much of what a model learned is one soundfont's samples.
 
 A clip depends only on (config seed, split, index), so the build is reproducible whatever the
 order or the number of worker processes.
@@ -19,12 +22,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-from typing import Dict, Optional
+import hashlib
+import os
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from . import clips, compose
+from . import clips, render
+from . import tags as synth_tags
 from hcnn_jax.data.ordered_pool import OrderedPool, default_workers
 
 _DESCRIPTION = """\
@@ -52,12 +58,30 @@ class SynthGmConfig(tfds.core.BuilderConfig):
   num_test: int = 0
   clip_seconds: float = 8.0
   seed: int = 0
+  # A key of render.SOUNDFONTS; another bank changes only the rendering, never the scores.
+  soundfont: str = render.DEFAULT_SOUNDFONT
+  splits: Tuple[str, ...] = ('train', 'validation', 'test')
 
   def split_sizes(self) -> Dict[str, int]:
-    return {'train': self.num_train, 'validation': self.num_validation, 'test': self.num_test}
+    sizes = {'train': self.num_train, 'validation': self.num_validation, 'test': self.num_test}
+    return {split: sizes[split] for split in self.splits}
+
+
+def _other_soundfont(base: SynthGmConfig, suffix: str, soundfont: str) -> SynthGmConfig:
+  """`base`'s test split (same seed, so the same scores and ids) rendered with `soundfont`."""
+  return SynthGmConfig(
+      name=f'{base.name}_{suffix}', description=f'The test split of `{base.name}` (the same '
+      f'{base.num_test} scores) rendered with the {soundfont} soundfont; only a test split.',
+      num_test=base.num_test, clip_seconds=base.clip_seconds, seed=base.seed,
+      soundfont=soundfont, splits=('test',))
+
+
+# Suffix of the companion configs -> soundfont (render.SOUNDFONTS).
+OTHER_SOUNDFONTS = {'fluidr3': 'FluidR3_GM', 'musescore': 'MuseScore_General'}
 
 
 def _validate(config: SynthGmConfig) -> None:
+  render.soundfont_path(config.soundfont)  # an unknown or missing bank fails before any work
   for split, n in config.split_sizes().items():
     if n < 1:
       raise ValueError(f'synth_gm config {config.name!r}: num_{split} must be >= 1, got {n}.')
@@ -66,12 +90,23 @@ def _validate(config: SynthGmConfig) -> None:
                      f'got {config.clip_seconds}.')
 
 
+def _describe_soundfont(name: str) -> Dict[str, object]:
+  """Which file rendered the clips, down to its bytes (a rerun can check it has the same one)."""
+  path = render.soundfont_path(name)
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return {'name': name, 'path': path, 'bytes': os.path.getsize(path),
+          'sha256': digest.hexdigest(), 'gain_db': render.soundfont(name).gain_db}
+
+
 class SynthGm(tfds.core.ShardBasedBuilder):
   """Offline-rendered General MIDI music-tagging dataset (no download)."""
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'First release: 26 tags, TimGM6mb soundfont, 16 kHz int16.'}
-  BUILDER_CONFIGS = [
+  _BASE_CONFIGS = [
       SynthGmConfig(name='tiny', description='A few dozen 6 s clips, for tests (seconds to build).',
                     num_train=24, num_validation=8, num_test=8, clip_seconds=6.0, seed=11),
       SynthGmConfig(name='default', description='2,000 clips of 8 s: a small model learns it on a '
@@ -82,6 +117,9 @@ class SynthGm(tfds.core.ShardBasedBuilder):
                     num_train=15247, num_validation=1529, num_test=4332, clip_seconds=29.1,
                     seed=2021),
   ]
+  BUILDER_CONFIGS = _BASE_CONFIGS + [
+      _other_soundfont(base, suffix, soundfont)
+      for base in _BASE_CONFIGS for suffix, soundfont in OTHER_SOUNDFONTS.items()]
   DEFAULT_BUILDER_CONFIG_NAME = 'default'
 
   def __init__(self, *, num_workers: Optional[int] = None, **kwargs):
@@ -102,14 +140,14 @@ class SynthGm(tfds.core.ShardBasedBuilder):
             # Raw bytes: the default encoding widens int16 to int64 varints (about 5 bytes a sample).
             'audio': tfds.features.Tensor(shape=(None,), dtype=np.int16,
                                           encoding=tfds.features.Encoding.BYTES),
-            'labels': tfds.features.Tensor(shape=(len(compose.TAGS),), dtype=np.float32),
+            'labels': tfds.features.Tensor(shape=(len(synth_tags.TAGS),), dtype=np.float32),
             'id': tfds.features.Text(),
         }),
         supervised_keys=('audio', 'labels'),
         homepage='https://github.com/craffel/pretty-midi (soundfont), '
                  'https://github.com/nwhitehead/tinysoundfont-pybind (renderer)',
         metadata=tfds.core.MetadataDict(
-            class_names=list(compose.TAGS),
+            class_names=list(synth_tags.TAGS),
             sample_rate=clips.SAMPLE_RATE,
             task='tagging',
             skipped_files=0,
@@ -141,13 +179,16 @@ class SynthGm(tfds.core.ShardBasedBuilder):
     # Written into the prepared folder's metadata.json right after this returns.
     meta = self.info.metadata
     for split, counts in self._counts.items():
-      meta['tag_counts'][split] = {t: int(counts[t]) for t in compose.TAGS}
+      meta['tag_counts'][split] = {t: int(counts[t]) for t in synth_tags.TAGS}
       meta['attenuated_clips'][split] = int(self._attenuated[split])
+    if self.builder_config.soundfont != render.DEFAULT_SOUNDFONT:
+      # Only the companion configs name their bank, so tiny/default/large write what they wrote.
+      meta['soundfont'] = _describe_soundfont(self.builder_config.soundfont)
 
   def _shard(self, split: str, lo: int, hi: int):
     cfg = self.builder_config
-    jobs = [(cfg.seed, split, i, cfg.clip_seconds) for i in range(lo, hi)]
+    jobs = [(cfg.seed, split, i, cfg.clip_seconds, cfg.soundfont) for i in range(lo, hi)]
     for clip_id, audio, labels, attenuated in self._pool.map(clips.render_job, jobs):
-      self._counts[split].update(t for t, on in zip(compose.TAGS, labels) if on)
+      self._counts[split].update(t for t, on in zip(synth_tags.TAGS, labels) if on)
       self._attenuated[split] += attenuated
       yield clip_id, {'audio': audio, 'labels': labels, 'id': clip_id}

@@ -2,10 +2,12 @@
 
     hcnn-train         train a config, evaluate its best checkpoint     (train.py)
     hcnn-eval          track-level evaluation of a trained run          (eval.py)
+    hcnn-demo          the main job: synth_gm, train, evaluate, tag     (demo.py)
     hcnn-build         prepare a dataset as array_record                (python -m datasets.build)
     hcnn-tag           tag audio files                                  (-m hcnn_jax.tools.tag)
     hcnn-ablation      the harmonics study                              (-m hcnn_jax.tools.ablation)
     hcnn-robustness    accuracy under audio deformations                (-m ...tools.robustness)
+    hcnn-soundfont-shift  per-tag scores on other GM soundfonts     (-m ...tools.soundfont_shift)
     hcnn-interpret     filters, saliency, attention, tag contributions  (-m ...tools.interpret)
     hcnn-import-torch  a reference best_model.pth as a checkpoint       (-m ...tools.import_torch)
 
@@ -58,5 +60,6 @@ def resolve_config_argv(argv: Sequence[str], name: str = CONFIG_FLAG) -> List[st
 def print_metrics(split: str, result: dict) -> None:
   """The last line of hcnn-train and hcnn-eval: the float metrics of `result` on `split`."""
   scalars = {k: v for k, v in result.items() if isinstance(v, float)}
-  print(f'{split} metrics of {result["checkpoint"]}: ' +
+  how = f' (step {result.get("checkpoint_step")}, {result.get("eval_chunks")} chunks per track)'
+  print(f'{split} metrics of {result["checkpoint"]}{how}: ' +
         ', '.join(f'{k} {v:.4f}' for k, v in sorted(scalars.items())))

@@ -1,11 +1,13 @@
-"""`hcnn-eval` (`python eval.py` in a checkout): track-level evaluation of a trained run (16
-chunks per track, mean of the predictions).
+"""`hcnn-eval` (`python eval.py` in a checkout): track-level evaluation of a trained run
+(`eval_chunks` chunks per track, 16 in the shipped configs, mean of the predictions).
 
     hcnn-eval --config hcnn_jax/configs/hcnn_mtat.py --workdir runs/mtat --split test
     hcnn-eval --config hcnn_jax/configs/hcnn_synth_tiny.py --workdir runs/synth_tiny \
         --split validation --checkpoint latest
 
 Writes metrics_<split>.json and the per-tag table per_class_<split>.csv / .md into the workdir.
+Every metrics file names the checkpoint (inside the workdir) and its step, and the chunks per
+track: a run's own metrics.json and a later metrics_test.json differ when those differ.
 --checkpoint is 'best' (default), 'latest' or the path of a checkpoint directory.
 """
 from __future__ import annotations

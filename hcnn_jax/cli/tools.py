@@ -1,4 +1,4 @@
-"""`hcnn-ablation` and `hcnn-robustness`: the absl tools, run exactly as `python -m` runs them.
+"""`hcnn-ablation`, `hcnn-robustness` and `hcnn-soundfont-shift`: the absl tools, run exactly as `python -m` runs them.
 
 Their modules define their flags and start in their `__main__` block; running that block (runpy)
 keeps one way to start each tool, whichever command is used.
@@ -22,3 +22,7 @@ def ablation() -> None:
 
 def robustness() -> None:
   _run_module('hcnn_jax.tools.robustness')
+
+
+def soundfont_shift() -> None:
+  _run_module('hcnn_jax.tools.soundfont_shift')

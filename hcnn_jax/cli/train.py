@@ -20,7 +20,8 @@ import sys
 from absl import app, flags
 
 from hcnn_jax import cli
-from hcnn_jax.training import config_check, flag_errors, loop, parallel, writers
+from hcnn_jax.configs import base as config_base
+from hcnn_jax.training import flag_errors, loop, parallel, writers
 
 FLAGS = flags.FLAGS
 
@@ -56,7 +57,7 @@ def main(argv, prog: str = 'hcnn-train') -> None:
   try:
     parallel.maybe_initialize_distributed()  # before anything touches the devices
     with parallel.fail_together(prog):  # one failed process stops them all
-      config_check.validate(config)  # fail in seconds, before a dataset build or a compile
+      config_base.validate(config)  # fail in seconds, before a dataset build or a compile
       flag_errors.check_workdir(FLAGS.workdir)
       ensure_embedded_dataset(config)
       result = loop.train_and_evaluate(config, FLAGS.workdir)

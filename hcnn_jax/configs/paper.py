@@ -5,9 +5,9 @@
         --workdir runs/hcnn_h3_mtat          # the ICASSP "effect of H" ablation
     python eval.py --config hcnn_jax/configs/paper.py:model=fcn,dataset=mtat --workdir runs/fcn
 
-SMC 2020 ("Evaluation of CNN-based automatic music tagging models", reference 6.1): models fcn,
+SMC 2020 ("Evaluation of CNN-based automatic music tagging models", Won et al. 2020): models fcn,
 fcn128, musicnn, musicnn128, sample, se, crnn, crnn128, attention, hcnn, short, short_res on
-datasets mtat, msd, jamendo. ICASSP 2020 ("Data-driven harmonic filters", reference 6.2): hcnn,
+datasets mtat, msd, jamendo. ICASSP 2020 ("Data-driven harmonic filters"): hcnn,
 musicnn, sample and se on mtat, and hcnn, sample and se on speech_commands and dcase. The external
 baselines of the ICASSP table (Attention RNN, Surrey-cvssp) are not models of this zoo; its "+SE"
 row without residuals is not either (`se` is the residual SE model, ICASSP's "+Res+SE").
@@ -86,7 +86,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     name = _HCNN_BY_DATASET.get(dataset, name)
   kwargs = dict(kwargs)
   if name == 'musicnn' and dataset == 'msd':
-    kwargs['variant'] = 'msd'  # reference 3: 512 back-end channels and a 500-unit dense layer
+    # sota training/model.py: 512 back-end channels and a 500-unit dense layer
+    kwargs['variant'] = 'msd'
   kwargs.update(items)
   c = DATASETS[dataset]()
   c.model.name = name

@@ -235,16 +235,17 @@ def load_audio(path, sample_rate: int | None = 16000, mono: bool = True,
   return np.ascontiguousarray(x, dtype=dtype)
 
 
-def to_int16(x: np.ndarray) -> np.ndarray:
-  """Floats in [-1, 1] → int16 PCM, clipping what lies outside.
+# int16 PCM ↔ float: soundfile's PCM_16 convention, so a 16-bit file read as floats comes back to
+# its exact samples. The one definition of the scale: the pipeline and the train step use it too.
+INT16_SCALE = 32768.0
 
-  The scale is 32768 (soundfile's PCM_16 convention), so a 16-bit file read as floats comes back
-  to its exact samples.
-  """
+
+def to_int16(x: np.ndarray) -> np.ndarray:
+  """Floats in [-1, 1] → int16 PCM (scale `INT16_SCALE`), clipping what lies outside."""
   x = np.asarray(x, dtype=np.float64)
-  return np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
+  return np.clip(np.round(x * INT16_SCALE), -32768, 32767).astype(np.int16)
 
 
 def from_int16(x: np.ndarray, dtype=np.float32) -> np.ndarray:
   """int16 PCM → floats in [-1, 1): the inverse of `to_int16` for unclipped samples."""
-  return (np.asarray(x, dtype=np.int16) / np.float32(32768.0)).astype(dtype)
+  return (np.asarray(x, dtype=np.int16) / np.float32(INT16_SCALE)).astype(dtype)

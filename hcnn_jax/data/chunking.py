@@ -1,14 +1,14 @@
 """Where a clip is cut: the reference's training crop and its 16-chunk track-level evaluation.
 
-Training (reference 4.3, ddhf DCASE 8.1): one crop per track per epoch at
-offset = floor(U[0, 1) · (len − input_length)); a track shorter than input_length is zero-padded
-to input_length at a uniformly random offset instead.
+Training (sota `training/data_loader/*_loader.py`, ddhf `dcase_loader.py`): one crop per track per
+epoch at offset = floor(U[0, 1) · (len − input_length)); a track shorter than input_length is
+zero-padded to input_length at a uniformly random offset instead.
 
-Evaluation (reference 4.5): num_chunks chunks with hop = floor((len − input_length) / num_chunks),
-chunk i starting at i · hop. The reference's slicing is broken for tracks shorter than
-input_length and ddhf pads at a random offset, which makes evaluation non-deterministic; here a
-short track is zero-padded **at the end** (the track starts at sample 0 of every chunk), so its
-num_chunks chunks are identical and the result is reproducible.
+Evaluation (sota `training/eval.py`, `get_tensor`): num_chunks chunks with hop = floor((len −
+input_length) / num_chunks), chunk i starting at i · hop. The reference's slicing is broken for
+tracks shorter than input_length and ddhf pads at a random offset, which makes evaluation
+non-deterministic; here a short track is zero-padded **at the end** (the track starts at sample 0 of
+every chunk), so its num_chunks chunks are identical and the result is reproducible.
 """
 from __future__ import annotations
 

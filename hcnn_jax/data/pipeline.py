@@ -33,8 +33,7 @@ import numpy as np
 from absl import flags
 
 from hcnn_jax.data import chunking
-
-INT16_SCALE = 32768.0
+from hcnn_jax.data.audio import INT16_SCALE  # noqa: F401  (re-exported)
 DEFAULT_READ_THREADS = 16  # grain's default
 
 

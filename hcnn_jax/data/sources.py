@@ -189,6 +189,19 @@ def parse_fake_config(config_name: str | None) -> dict[str, Any]:
   return kwargs
 
 
+def check_config(config) -> None:
+  """ValueError naming the key when `config.dataset` cannot be loaded as given (no reading)."""
+  ds = config.dataset
+  if ds.name == FAKE_NAME:
+    try:
+      parse_fake_config(ds.get('config_name'))
+    except ValueError as err:
+      raise ValueError(f'dataset.config_name: {err}') from None
+  elif not ds.get('data_dir'):
+    raise ValueError(f'dataset.data_dir: dataset {ds.name!r} needs the directory it is prepared '
+                     f'in (hcnn-build {ds.name} --data_dir DIR)')
+
+
 def fake_source(split: str, config_name: str | None = None) -> FakeSource:
   """The FakeSource of one split of a fake config; splits hold different tracks."""
   kwargs = parse_fake_config(config_name)

@@ -24,8 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from hcnn_jax.frontends.stft import (STFT_METHODS, amplitude_to_db, fft_frequencies, num_frames,
-                                     power_spectrogram)
+from hcnn_jax.frontends.stft import amplitude_to_db, fft_frequencies, num_frames, power_spectrogram
 from hcnn_jax.models import blocks
 
 Dtype = Any
@@ -144,7 +143,7 @@ FILTERBANK_PRECISIONS = {'highest': jax.lax.Precision.HIGHEST, 'high': jax.lax.P
 
 def harmonic_spectrogram(x, f0, q, alpha=ERB_ALPHA, beta=ERB_BETA, *, sample_rate: int,
                          n_fft: int = 512, hop_length: int = 256, n_harmonic: int = 6,
-                         precision: str = 'default', stft_method: str = 'rfft') -> jnp.ndarray:
+                         precision: str = 'default') -> jnp.ndarray:
   """Waveforms (B, L) → harmonic power tensor (B, level, T, n_harmonic), NHWC.
 
   Power STFT (periodic Hann, centre/reflect) × filterbank, then the filter axis is split
@@ -154,15 +153,15 @@ def harmonic_spectrogram(x, f0, q, alpha=ERB_ALPHA, beta=ERB_BETA, *, sample_rat
   are float32). Every term of the sum is non-negative (power × triangle), so no cancellation
   amplifies operand rounding: 'default' (tf32 or bf16 operands, float32 sums) stayed within
   0.0039 dB of 'highest' (mean 0.0006 dB) on an H200, where 'highest' runs as a float32 SIMT GEMM
-  at ~4 % of the training step (bench/README.md). stft_method: see `power_spectrogram`.
+  at ~4 % of the training step (bench/README.md). It changes the values on accelerators (by that
+  much), so it is a model option (`filterbank_precision`), not a `hcnn_jax.speed` choice.
   """
   if precision not in FILTERBANK_PRECISIONS:
     raise ValueError(f'filterbank precision must be one of {sorted(FILTERBANK_PRECISIONS)}, '
                      f'got {precision!r}.')
   x = jnp.asarray(x, jnp.float32)
   chex.assert_rank(x, 2)
-  spec = power_spectrogram(x, n_fft=n_fft, hop_length=hop_length,
-                           method=stft_method)  # (B, n_bins, T)
+  spec = power_spectrogram(x, n_fft=n_fft, hop_length=hop_length)  # (B, n_bins, T)
   fb = harmonic_filterbank(f0, q, alpha, beta, sample_rate=sample_rate, n_fft=n_fft,
                            n_harmonic=n_harmonic)
   out = jnp.einsum('bkt,kj->btj', spec, fb, precision=FILTERBANK_PRECISIONS[precision])
@@ -198,7 +197,6 @@ class HarmonicFrontend(nn.Module):
   q_init: float = 1.0
   input_norm: bool = True
   filterbank_precision: str = 'default'
-  stft_method: str = 'rfft'
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None
 
@@ -211,8 +209,6 @@ class HarmonicFrontend(nn.Module):
     if self.filterbank_precision not in FILTERBANK_PRECISIONS:
       raise ValueError(f'filterbank_precision must be one of {sorted(FILTERBANK_PRECISIONS)}, '
                        f'got {self.filterbank_precision!r}.')
-    if self.stft_method not in STFT_METHODS:
-      raise ValueError(f'stft_method must be one of {STFT_METHODS}, got {self.stft_method!r}.')
 
   def fundamentals(self) -> Tuple[np.ndarray, int]:
     """The initial fundamental grid (level,) in Hz and level."""
@@ -264,8 +260,7 @@ class HarmonicFrontend(nn.Module):
     f0, q, alpha, beta = self.filters(self._make_params(level))
     x = harmonic_spectrogram(waveform, f0, q, alpha, beta, sample_rate=self.sample_rate,
                              n_fft=self.n_fft, hop_length=self.hop_length,
-                             n_harmonic=self.n_harmonic, precision=self.filterbank_precision,
-                             stft_method=self.stft_method)
+                             n_harmonic=self.n_harmonic, precision=self.filterbank_precision)
     x = amplitude_to_db(x)
     chex.assert_shape(x, (waveform.shape[0], level, frames, channels))
     if self.input_norm:

@@ -7,7 +7,6 @@ directly with librosa; the module wrappers move them to NHWC for the back-ends.
 from __future__ import annotations
 
 import numpy as np
-import jax
 import jax.numpy as jnp
 
 
@@ -54,17 +53,6 @@ def frame(x: jnp.ndarray, frame_length: int, hop_length: int) -> jnp.ndarray:
   return x[..., idx]
 
 
-def dft_matrices(n_fft: int) -> tuple[np.ndarray, np.ndarray]:
-  """cos and −sin of the one-sided DFT, (n_fft, n_fft // 2 + 1) each: rfft as two matmuls."""
-  k = np.arange(n_fft // 2 + 1)
-  n = np.arange(n_fft)
-  phase = 2.0 * np.pi * (np.outer(n, k) % n_fft) / n_fft  # exact integer phase first
-  return np.cos(phase).astype(np.float32), -np.sin(phase).astype(np.float32)
-
-
-STFT_METHODS = ('rfft', 'matmul')
-
-
 def _windowed_frames(x, n_fft, hop_length, win_length, center, pad_mode):
   hop_length = n_fft // 4 if hop_length is None else hop_length
   if hop_length < 1:
@@ -93,25 +81,14 @@ def stft(x: jnp.ndarray, n_fft: int = 512, hop_length: int | None = None,
 
 def power_spectrogram(x: jnp.ndarray, n_fft: int = 512, hop_length: int | None = None,
                       win_length: int | None = None, power: float = 2.0,
-                      center: bool = True, pad_mode: str = 'reflect',
-                      method: str = 'rfft') -> jnp.ndarray:
+                      center: bool = True, pad_mode: str = 'reflect') -> jnp.ndarray:
   """|STFT|^power, (..., n_bins, n_frames). power=2 is the power spectrogram, 1 the magnitude.
 
-  method 'rfft' uses the FFT; 'matmul' multiplies the frames by the DFT's cos and sin matrices
-  in full float32 (O(n_fft²) work per frame, but matrix units instead of an FFT kernel: which is
-  faster depends on the accelerator, see bench/README.md).
+  (A DFT as two float32 matmuls instead of the FFT was measured slower on an H100, −3 % train and
+  −12 % inference: bench/README.md.)
   """
-  if method not in STFT_METHODS:
-    raise ValueError(f'STFT method must be one of {STFT_METHODS}, got {method!r}.')
-  if method == 'rfft':
-    spec = stft(x, n_fft, hop_length, win_length, center, pad_mode)
-    re, im = jnp.real(spec), jnp.imag(spec)
-  else:
-    frames = _windowed_frames(x, n_fft, hop_length, win_length, center, pad_mode)
-    cos, sin = dft_matrices(n_fft)
-    hi = jax.lax.Precision.HIGHEST
-    re = jnp.swapaxes(jnp.matmul(frames, cos, precision=hi), -1, -2)
-    im = jnp.swapaxes(jnp.matmul(frames, sin, precision=hi), -1, -2)
+  spec = stft(x, n_fft, hop_length, win_length, center, pad_mode)
+  re, im = jnp.real(spec), jnp.imag(spec)
   # re² + im² avoids the sqrt (and its infinite gradient at 0) when power is 2.
   sq = re ** 2 + im ** 2
   if power == 2.0:

@@ -104,74 +104,118 @@ class BatchNormReLUPool(nn.Module):
     return nn.relu(y.astype(self.dtype))
 
 
-def folded_conv_bn(module: nn.Module, x: jnp.ndarray, index: int, dtype: Dtype) -> jnp.ndarray:
-  """Inference: `module`'s Conv_{index} → BatchNorm_{index} (running statistics) as one conv.
+# The 2-D blocks whose BatchNorms `fold_batchnorm` folds: exactly these variable names in a scope.
+_FOLDABLE_SCOPES = ({'Conv_0', 'BatchNorm_0'}, {'Conv_0', 'BatchNorm_0', 'Conv_1', 'BatchNorm_1'})
 
-  BatchNorm with fixed statistics is a per-channel affine map, so it folds into the conv:
-  kernel·s and (bias − mean)·s + β with s = scale/√(var + eps). What is left is conv + bias,
-  the pattern XLA hands to cuDNN as one fused call with the ReLU (and a residual) after it,
-  instead of a conv that writes its output and a fusion that reads it back. Reads the same
-  variables the unfolded block has; the values differ by rounding (in bf16, the scaled kernel is
-  rounded to bf16).
+
+def fold_batchnorm(variables, epsilon: float = 1e-5):
+  """Inference variables with each `ConvBlock2d` / `ResBlock2dMP` BatchNorm folded into its conv.
+
+  BatchNorm with its running statistics is a per-channel affine map, so it folds into the conv
+  before it: kernel·s and (bias − mean)·s + β with s = scale/√(var + eps). The blocks see that
+  their BatchNorm is gone and compute conv + bias → ReLU (+ residual): the pattern XLA's GPU
+  backend hands to cuDNN as one fused call, instead of a conv that writes its output and a fusion
+  that reads it back. The outputs are the unfolded ones up to rounding (in bfloat16 the scaled
+  kernel is rounded). The folded variables are for inference only: a block refuses to train on
+  them. Other layers are returned as they are.
   """
-  params, stats = module.variables['params'], module.variables['batch_stats']
-  conv, bn, running = params[f'Conv_{index}'], params[f'BatchNorm_{index}'], stats[
-      f'BatchNorm_{index}']
-  s = bn['scale'] * jax.lax.rsqrt(running['var'] + 1e-5)
-  kernel = (conv['kernel'] * s).astype(dtype)
-  bias = ((conv['bias'] - running['mean']) * s + bn['bias']).astype(dtype)
-  pad = tuple((k // 2, k // 2) for k in kernel.shape[:2])
-  y = jax.lax.conv_general_dilated(x.astype(dtype), kernel, (1, 1), pad,
-                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  return y + bias
+  params, stats = dict(variables['params']), dict(variables.get('batch_stats', {}))
+
+  def walk(p, s):
+    keys = set(p)
+    foldable = (keys in _FOLDABLE_SCOPES and all(k in s for k in keys if k.startswith('Batch'))
+                and all(p[k]['kernel'].ndim == 4 and p[k]['kernel'].shape[:2] == (3, 3)
+                        for k in keys if k.startswith('Conv')))
+    if foldable:
+      out = {}
+      for i in range(len(keys) // 2):
+        conv, bn, run = p[f'Conv_{i}'], p[f'BatchNorm_{i}'], s[f'BatchNorm_{i}']
+        scale = bn['scale'] * jax.lax.rsqrt(run['var'] + epsilon)
+        out[f'Conv_{i}'] = {'kernel': conv['kernel'] * scale,
+                            'bias': (conv['bias'] - run['mean']) * scale + bn['bias']}
+      return out, None
+    new_p, new_s = {}, {}
+    for k, v in p.items():
+      if isinstance(v, dict) or hasattr(v, 'items'):
+        new_p[k], sub = walk(dict(v), dict(s.get(k, {})))
+        if sub:
+          new_s[k] = sub
+      else:
+        new_p[k] = v
+    for k, v in s.items():  # statistics of layers without params (none today) stay
+      if k not in p:
+        new_s[k] = v
+    return new_p, new_s
+
+  new_params, new_stats = walk(params, stats)
+  out = dict(variables)
+  out['params'] = new_params
+  if new_stats:
+    out['batch_stats'] = new_stats
+  else:
+    out.pop('batch_stats', None)
+  return out
+
+
+def _bn_folded(module: nn.Module, train: bool) -> bool:
+  """Whether `module`'s variables come from `fold_batchnorm` (conv params, no BatchNorm)."""
+  if module.is_initializing() or not module.has_variable('params', 'Conv_0'):
+    return False
+  if module.has_variable('params', 'BatchNorm_0'):
+    return False
+  if train:
+    raise ValueError(f'{type(module).__name__} {module.name}: its BatchNorm was folded into the '
+                     'conv (blocks.fold_batchnorm), which is for inference; train on the unfolded '
+                     'variables.')
+  return True
+
+
+def _pool(x, pool: Pool):
+  return pool_fn(speed.choices().pool_impl)(x, pool)
 
 
 class ConvBlock2d(nn.Module):
   """conv3×3 → BN → ReLU → max-pool (sota's Conv_2d).
 
-  pool_first: compute it as conv → max-pool → BN → ReLU (`BatchNormReLUPool`, the same outputs
-  with less memory traffic); False keeps the reference's order, op for op.
-  fold_bn: in inference, fold BatchNorm into the conv (`folded_conv_bn`).
+  How it pools (`speed.choices()`): 'pool_first' computes it in training as conv → max-pool →
+  BN → ReLU (`BatchNormReLUPool`, the same outputs with less memory traffic). On variables from
+  `fold_batchnorm` it is conv → ReLU → max-pool.
   """
   features: int
   pool: Pool = 2
   bn_axis_name: Optional[str] = None
   dtype: Dtype = jnp.float32
-  pool_impl: str = 'argmax'
-  pool_first: bool = False
-  fold_bn: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if self.fold_bn and not train and not self.is_initializing():
-      return pool_fn(self.pool_impl)(nn.relu(folded_conv_bn(self, x, 0, self.dtype)), self.pool)
+    if _bn_folded(self, train):
+      return _pool(nn.relu(conv2d(self.features, dtype=self.dtype)(x)), self.pool)
     x = conv2d(self.features, dtype=self.dtype)(x)
-    if self.pool_first and pool_pair(self.pool) not in (None, (1, 1)):
-      return BatchNormReLUPool(self.pool, train, self.bn_axis_name, self.dtype, self.pool_impl,
+    choice = speed.choices()
+    if choice.pools_first(False) and pool_pair(self.pool) not in (None, (1, 1)):
+      return BatchNormReLUPool(self.pool, train, self.bn_axis_name, self.dtype, choice.pool_impl,
                                name='BatchNorm_0')(x)
     x = batch_norm(train, self.bn_axis_name, self.dtype)(x)
-    return pool_fn(self.pool_impl)(nn.relu(x), self.pool)
+    return _pool(nn.relu(x), self.pool)
 
 
 class ResBlock2dMP(nn.Module):
   """conv3×3 → BN → ReLU → conv3×3 → BN, + identity, ReLU → max-pool (sota's Res_2d_mp).
 
-  fold_bn: in inference, fold each BatchNorm into its conv (`folded_conv_bn`).
+  On variables from `fold_batchnorm`: conv → ReLU → conv, + identity, ReLU → max-pool.
   """
   features: int
   pool: Pool = 2
   bn_axis_name: Optional[str] = None
   dtype: Dtype = jnp.float32
-  pool_impl: str = 'argmax'
-  fold_bn: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if self.fold_bn and not train and not self.is_initializing():
-      y = nn.relu(folded_conv_bn(self, x, 0, self.dtype))
-      y = folded_conv_bn(self, y, 1, self.dtype)
-      return pool_fn(self.pool_impl)(nn.relu(y + x.astype(self.dtype)), self.pool)
+    if _bn_folded(self, train):
+      y = nn.relu(conv2d(self.features, dtype=self.dtype)(x))
+      y = conv2d(self.features, dtype=self.dtype)(y)
+      return _pool(nn.relu(y + x.astype(self.dtype)), self.pool)
     bn = functools.partial(batch_norm, train, self.bn_axis_name, self.dtype)
     y = nn.relu(bn()(conv2d(self.features, dtype=self.dtype)(x)))
     y = bn()(conv2d(self.features, dtype=self.dtype)(y))
-    return pool_fn(self.pool_impl)(nn.relu(y + x), self.pool)
+    return _pool(nn.relu(y + x), self.pool)

@@ -74,17 +74,13 @@ class TorchGRU(nn.Module):
 
 
 class CRNNBackend(nn.Module):
-  """Conv stack over (F, T), max over what is left of F, stacked TorchGRU, last step → logits.
-
-  pool_first: pool before BatchNorm → ReLU in training (`blocks.ConvBlock2d`); same outputs.
-  """
+  """Conv stack over (F, T), max over what is left of F, stacked TorchGRU, last step → logits."""
   num_classes: int = 50
   channels: Sequence[int] = CRNN_CHANNELS
   pools: Sequence[Pool] = CRNN_POOLS
   gru_hidden: int = 32
   gru_layers: int = 2
   dropout_rate: float = 0.5
-  pool_first: bool = False
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None
 
@@ -102,8 +98,7 @@ class CRNNBackend(nn.Module):
   def __call__(self, x, train: bool = False):
     chex.assert_rank(x, 4)
     self.check_input(x.shape[1:])
-    conv = functools.partial(blocks.ConvBlock2d, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
-                             pool_first=self.pool_first)
+    conv = functools.partial(blocks.ConvBlock2d, bn_axis_name=self.bn_axis_name, dtype=self.dtype)
     for i, (features, pool) in enumerate(zip(self.channels, self.layer_pools())):
       x = conv(features, effective_pool(pool, x.shape[1]), name=f'layer{i + 1}')(x, train)
     # The reference squeezes a frequency axis of 1; a max keeps other front-ends usable.
@@ -117,12 +112,12 @@ class CRNNBackend(nn.Module):
 
 def build_crnn(num_classes: int, *, n_mels: int = 96, channels: Sequence[int] = CRNN_CHANNELS,
                pools: Sequence[Pool] = CRNN_POOLS, gru_hidden: int = 32, gru_layers: int = 2,
-               dropout_rate: float = 0.5, pool_first: bool = False, dtype: Dtype = jnp.float32,
+               dropout_rate: float = 0.5, dtype: Dtype = jnp.float32,
                bn_axis_name: Optional[str] = None) -> Classifier:
   """Mel front-end (96 bins, dB, BatchNorm) + CRNNBackend."""
   backend = CRNNBackend(num_classes=num_classes, channels=tuple(channels), pools=tuple(pools),
                         gru_hidden=gru_hidden, gru_layers=gru_layers, dropout_rate=dropout_rate,
-                        pool_first=pool_first, dtype=dtype, bn_axis_name=bn_axis_name)
+                        dtype=dtype, bn_axis_name=bn_axis_name)
   backend.layer_pools()
   frontend = zoo_frontend('mel', dtype, bn_axis_name, n_mels=n_mels)
   return Classifier(frontend=frontend, backend=backend)

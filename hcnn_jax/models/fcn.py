@@ -106,13 +106,11 @@ class FCNBackend(nn.Module):
 
   channels / pools: one per block. Defaults are sota's FCN; `FCN4_CHANNELS` / `FCN4_POOLS` give
   Choi et al.'s FCN-4.
-  pool_first: pool before BatchNorm → ReLU in training (`blocks.ConvBlock2d`); same outputs.
   """
   num_classes: int = 50
   channels: Sequence[int] = FCN_CHANNELS
   pools: Sequence[Pool] = FCN_POOLS
   dropout_rate: float = 0.5
-  pool_first: bool = False
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None
 
@@ -128,8 +126,7 @@ class FCNBackend(nn.Module):
   def __call__(self, x, train: bool = False):
     chex.assert_rank(x, 4)
     self.check_input(x.shape[1:])
-    conv = functools.partial(blocks.ConvBlock2d, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
-                             pool_first=self.pool_first)
+    conv = functools.partial(blocks.ConvBlock2d, bn_axis_name=self.bn_axis_name, dtype=self.dtype)
     for i, (features, pool) in enumerate(zip(self.channels, self.layer_pools())):
       x = conv(features, effective_pool(pool, x.shape[1]), name=f'layer{i + 1}')(x, train)
     x = jnp.max(x, axis=(1, 2))
@@ -140,12 +137,10 @@ class FCNBackend(nn.Module):
 
 def build_fcn(num_classes: int, *, n_mels: int = 96, channels: Sequence[int] = FCN_CHANNELS,
               pools: Sequence[Pool] = FCN_POOLS, dropout_rate: float = 0.5,
-              pool_first: bool = False, dtype: Dtype = jnp.float32,
-              bn_axis_name: Optional[str] = None) -> Classifier:
+              dtype: Dtype = jnp.float32, bn_axis_name: Optional[str] = None) -> Classifier:
   """Mel front-end (n_mels bins, dB, BatchNorm) + FCNBackend; defaults are sota's FCN."""
   backend = FCNBackend(num_classes=num_classes, channels=tuple(channels), pools=tuple(pools),
-                       dropout_rate=dropout_rate, pool_first=pool_first, dtype=dtype,
-                       bn_axis_name=bn_axis_name)
+                       dropout_rate=dropout_rate, dtype=dtype, bn_axis_name=bn_axis_name)
   backend.layer_pools()
   frontend = zoo_frontend('mel', dtype, bn_axis_name, n_mels=n_mels)
   return Classifier(frontend=frontend, backend=backend)

@@ -49,8 +49,8 @@ class HCNNBackend(nn.Module):
   width: channels of layers 1-4 (layers 5-7 use 2·width); the reference uses 128.
   pools: seven (pitch, time) max-pool windows, overriding the variant's.
   clamp_time_pool: shrink a time pool to the frames left; None = the variant's choice.
-  pool_impl / pool_first: how the blocks pool (`blocks.ConvBlock2d`); the outputs are the same.
-  fold_bn: in inference, fold the blocks' BatchNorms into their convs (`blocks.folded_conv_bn`).
+  How the blocks pool is `hcnn_jax.speed`'s choice; for inference the BatchNorms can be folded
+  into the convs (`blocks.fold_batchnorm` of the variables).
   """
   num_classes: int = 50
   width: int = 128
@@ -58,9 +58,6 @@ class HCNNBackend(nn.Module):
   pools: Optional[Sequence[Pool]] = None
   clamp_time_pool: Optional[bool] = None
   dropout_rate: float = 0.5
-  pool_impl: str = 'argmax'
-  pool_first: bool = False
-  fold_bn: bool = False
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None
 
@@ -128,11 +125,8 @@ class HCNNBackend(nn.Module):
     self.check_input(x.shape[1:])
     batch = x.shape[0]
     w = self.width
-    conv = functools.partial(blocks.ConvBlock2d, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
-                             pool_impl=self.pool_impl, pool_first=self.pool_first,
-                             fold_bn=self.fold_bn)
-    res = functools.partial(blocks.ResBlock2dMP, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
-                            pool_impl=self.pool_impl, fold_bn=self.fold_bn)
+    conv = functools.partial(blocks.ConvBlock2d, bn_axis_name=self.bn_axis_name, dtype=self.dtype)
+    res = functools.partial(blocks.ResBlock2dMP, bn_axis_name=self.bn_axis_name, dtype=self.dtype)
     kinds = (conv, res, res, res, conv, res, res)
     widths = (w, w, w, w, 2 * w, 2 * w, 2 * w)
     for i, (kind, features, pool) in enumerate(zip(kinds, widths, self.layer_pools())):
@@ -154,25 +148,22 @@ def build_hcnn(num_classes: int, *, variant: str = 'tagging', n_harmonic: int = 
                semitone_scale: int = 2, low_note='C1', sample_rate: int = 16000,
                n_fft: int = 512, hop_length: int = 256, learn_bw: str = 'only_Q',
                learn_f0: bool = False, q_init: float = 1.0, input_norm: bool = True,
-               filterbank_precision: str = 'default', stft_method: str = 'rfft',
-               width: int = 128, pools: Optional[Sequence[Pool]] = None,
-               clamp_time_pool: Optional[bool] = None, dropout_rate: float = 0.5,
-               pool_impl: str = 'argmax', pool_first: bool = False, fold_bn: bool = False,
-               dtype: Dtype = jnp.float32, bn_axis_name: Optional[str] = None) -> Classifier:
+               filterbank_precision: str = 'default', width: int = 128,
+               pools: Optional[Sequence[Pool]] = None, clamp_time_pool: Optional[bool] = None,
+               dropout_rate: float = 0.5, dtype: Dtype = jnp.float32,
+               bn_axis_name: Optional[str] = None) -> Classifier:
   """HarmonicFrontend + HCNNBackend with the reference's defaults."""
   frontend = HarmonicFrontend(
       sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_harmonic=n_harmonic,
       semitone_scale=semitone_scale, low_note=low_note, learn_bw=learn_bw, learn_f0=learn_f0,
       q_init=q_init, input_norm=input_norm, filterbank_precision=filterbank_precision,
-      stft_method=stft_method, dtype=dtype, bn_axis_name=bn_axis_name)
+      dtype=dtype, bn_axis_name=bn_axis_name)
   frontend.fundamentals()  # bad harmonic settings fail here, at construction
   frontend._validate()  # pylint: disable=protected-access  (so do bad front-end options)
   backend = HCNNBackend(num_classes=num_classes, width=width, variant=variant, pools=pools,
                         clamp_time_pool=clamp_time_pool, dropout_rate=dropout_rate,
-                        pool_impl=pool_impl, pool_first=pool_first, fold_bn=fold_bn,
                         dtype=dtype, bn_axis_name=bn_axis_name)
   backend.layer_pools()
-  blocks.pool_fn(pool_impl)  # an unknown pool_impl fails here, at construction
   return Classifier(frontend=frontend, backend=backend)
 
 

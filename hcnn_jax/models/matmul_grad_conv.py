@@ -149,13 +149,3 @@ def conv_im2col(*args, **kwargs):
   """
   return _dispatch(False, *args, formulation=_im2col_conv, **kwargs)
 
-
-CONV_GRADS = ('xla', 'matmul')
-
-
-def conv_grads_fn(impl: str):
-  """The `nn.Conv(conv_general_dilated=...)` for a model option conv_grads ∈ CONV_GRADS."""
-  if impl not in CONV_GRADS:
-    raise ValueError(f'conv_grads must be one of {CONV_GRADS}, got {impl!r}.')
-  # 'xla' is XLA's convolution as it is (not the backend's choice of `speed.conv_general_dilated`).
-  return conv_matmul_grads if impl == 'matmul' else lax.conv_general_dilated

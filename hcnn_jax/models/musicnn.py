@@ -23,11 +23,11 @@ import chex
 import jax.numpy as jnp
 from flax import linen as nn
 
+from hcnn_jax import speed
 from hcnn_jax.models import blocks, registry
 from hcnn_jax.models.blocks1d import DenseHead, conv1d
 from hcnn_jax.models.compose import Classifier
 from hcnn_jax.models.fcn import zoo_frontend
-from hcnn_jax.models.matmul_grad_conv import conv_grads_fn
 
 Dtype = Any
 
@@ -40,25 +40,23 @@ TEMPORAL_KERNELS = (129, 65, 33)
 class ConvV(nn.Module):
   """sota's Conv_V: conv (height × 7), frequency unpadded → BN → ReLU → max over frequency.
 
-  pool_first: take the max over frequency before BN → ReLU (`blocks.BatchNormReLUPool`: the
-  same outputs, with the normalisation and its gradient on the pooled (B, T, features) tensor).
-  conv_grads: 'matmul' computes the tall kernel's gradients as two GEMMs
-  (`matmul_grad_conv`, 6.8× faster than 'xla' on the CPU for the 67 × 7 bank); same values.
+  `hcnn_jax.speed` chooses how (the same values either way): by default, in training, the max
+  over frequency comes before BN → ReLU (`blocks.BatchNormReLUPool`: the normalisation and its
+  gradient on the pooled (B, T, features) tensor), and the tall kernel's gradients are two GEMMs
+  (`speed.tall_conv_general_dilated`, 6.8× faster than XLA's on the CPU for the 67 × 7 bank).
   """
   features: int
   height: int
   width: int = 7
   bn_axis_name: Optional[str] = None
   dtype: Dtype = jnp.float32
-  pool_first: bool = True
-  conv_grads: str = 'matmul'
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     pad = ((0, 0), (self.width // 2, self.width // 2))
     x = blocks.conv2d(self.features, (self.height, self.width), padding=pad, dtype=self.dtype,
-                      conv_fn=conv_grads_fn(self.conv_grads))(x)
-    if self.pool_first:
+                      conv_fn=speed.tall_conv_general_dilated)(x)
+    if speed.choices().pools_first(True):
       # 'reshape': the argmax pool unrolls one select per window position (30 and 59 here),
       # which cost more than it saved (bench/README.md).
       return blocks.BatchNormReLUPool((x.shape[1], 1), train, self.bn_axis_name, self.dtype,
@@ -87,7 +85,6 @@ class MusicnnBackend(nn.Module):
   timbral_channels / temporal_channels: per-bank widths of the ConvV / ConvH banks (204 / 51).
   backend_channels / dense: None takes the variant's (MTAT 64 / 200, MSD 512 / 500).
   heights: ConvV heights, as fractions (< 1) of the input's bins or as bin counts (ints ≥ 1).
-  pool_first / conv_grads: how the timbral banks compute (see `ConvV`); the same outputs.
   """
   num_classes: int = 50
   variant: str = 'mtat'
@@ -98,8 +95,6 @@ class MusicnnBackend(nn.Module):
   heights: Sequence[float] = TIMBRAL_HEIGHTS
   temporal_kernels: Sequence[int] = TEMPORAL_KERNELS
   dropout_rate: float = 0.5
-  pool_first: bool = True
-  conv_grads: str = 'matmul'
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None
 
@@ -146,8 +141,7 @@ class MusicnnBackend(nn.Module):
     self.check_input(x.shape[1:])
     common = dict(bn_axis_name=self.bn_axis_name, dtype=self.dtype)
     channels, dense = self.widths()
-    front = [ConvV(self.timbral_channels, h, pool_first=self.pool_first,
-                   conv_grads=self.conv_grads, name=f'timbral{i + 1}', **common)(x, train)
+    front = [ConvV(self.timbral_channels, h, name=f'timbral{i + 1}', **common)(x, train)
              for i, h in enumerate(self.timbral_heights(x.shape[1]))]
     front += [ConvH(self.temporal_channels, k, name=f'temporal{i + 1}', **common)(x, train)
               for i, k in enumerate(self.temporal_kernels)]
@@ -171,8 +165,7 @@ def build_musicnn(num_classes: int, *, variant: str = 'mtat', n_mels: int = 96,
                   timbral_channels: int = 204, temporal_channels: int = 51,
                   backend_channels: Optional[int] = None, dense: Optional[int] = None,
                   heights: Optional[Sequence[float]] = None,
-                  dropout_rate: float = 0.5, pool_first: bool = True,
-                  conv_grads: str = 'matmul', dtype: Dtype = jnp.float32,
+                  dropout_rate: float = 0.5, dtype: Dtype = jnp.float32,
                   bn_axis_name: Optional[str] = None) -> Classifier:
   """Mel front-end (96 bins, dB, BatchNorm) + MusicnnBackend (variant 'mtat' or 'msd').
 
@@ -183,11 +176,9 @@ def build_musicnn(num_classes: int, *, variant: str = 'mtat', n_mels: int = 96,
                            heights=TIMBRAL_HEIGHTS if heights is None else tuple(heights),
                            timbral_channels=timbral_channels,
                            temporal_channels=temporal_channels, backend_channels=backend_channels,
-                           dense=dense, dropout_rate=dropout_rate, pool_first=pool_first,
-                           conv_grads=conv_grads, dtype=dtype,
+                           dense=dense, dropout_rate=dropout_rate, dtype=dtype,
                            bn_axis_name=bn_axis_name)
   backend.widths()
-  conv_grads_fn(conv_grads)  # an unknown conv_grads fails here, at construction
   frontend = zoo_frontend('mel', dtype, bn_axis_name, n_mels=n_mels)
   return Classifier(frontend=frontend, backend=backend)
 

@@ -23,8 +23,6 @@ def pool_pair(p: Pool) -> Optional[Tuple[int, int]]:
   return (p, p) if isinstance(p, int) else tuple(p)
 
 
-_pair = pool_pair
-
 
 def max_pool(x: jnp.ndarray, pool: Pool) -> jnp.ndarray:
   """Floor-mode max-pool over (frequency, time) with stride = window, no padding.
@@ -35,7 +33,7 @@ def max_pool(x: jnp.ndarray, pool: Pool) -> jnp.ndarray:
   values are identical; on an exact tie inside a window the gradient is shared between the tied
   elements instead of going to the first one (both are subgradients).
   """
-  p = _pair(pool)
+  p = pool_pair(pool)
   if p is None or p == (1, 1):
     return x
   (fp, tp), (b, f, t, c) = p, x.shape
@@ -92,7 +90,7 @@ def max_pool_argmax(x: jnp.ndarray, pool: Pool) -> jnp.ndarray:
   largest tensor of the network (128 × 313 × 128 per clip), so two passes over it are saved.
   Reverse mode only (a custom VJP): jax.jvp / jacfwd through it raise; use `max_pool` there.
   """
-  p = _pair(pool)
+  p = pool_pair(pool)
   if p is None or p == (1, 1):
     return x
   return _max_pool_first(x, tuple(p), tuple(x.shape))

@@ -4,6 +4,10 @@ A model module registers builder functions `fn(num_classes, **kwargs) -> nn.Modu
 `@register(name, input_length=...)`; the modules listed in `_MODEL_MODULES` are imported on the
 first lookup (only those that exist, so the registry works while the zoo is being written).
 `get_model(name, num_classes, frontend=...)` swaps a Classifier's front-end.
+
+`build_model(config, num_classes)` is what the trainer and the tools call: the model of a run
+config (`model.name`, `model.kwargs`, `dtype`); `check_config(config)` builds it and traces its
+init as a `jax.eval_shape` at the config's input length (shapes only: nothing is compiled).
 """
 from __future__ import annotations
 
@@ -12,6 +16,9 @@ import importlib
 import importlib.util
 import inspect
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
 
 from flax import linen as nn
 
@@ -181,3 +188,59 @@ def get_model(name: str, num_classes: int, frontend: Union[str, nn.Module, None]
   if frontend is not None or frontend_kwargs:
     model = _swap_frontend(model, name, frontend, frontend_kwargs, kwargs)
   return model
+
+
+def _tuples(value):
+  if isinstance(value, (list, tuple)):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def model_kwargs(config) -> Dict[str, Any]:
+  """The keyword arguments `get_model` gets from `config.model.kwargs` and `config.dtype`."""
+  from hcnn_jax.training import precision  # pylint: disable=import-outside-toplevel
+  kwargs = config.model.get('kwargs') or {}
+  kwargs = kwargs.to_dict() if hasattr(kwargs, 'to_dict') else dict(kwargs)
+  # Lists come back from JSON (a saved config) where the builder expects tuples, at every depth
+  # (pools are lists of pairs): linen modules must stay hashable for jit's static arguments.
+  kwargs = {k: _tuples(v) for k, v in kwargs.items()}
+  return {**kwargs, 'dtype': precision.compute_dtype(config.get('dtype', 'float32'))}
+
+
+def build_model(config, num_classes: int, bn_axis_name: Optional[str] = None) -> nn.Module:
+  """The model of run config `config` for `num_classes` outputs.
+
+  The trainer passes `bn_axis_name='data'` (BatchNorm statistics synced over the mesh); inference
+  leaves it None.
+  """
+  return get_model(config.model.name, int(num_classes), bn_axis_name=bn_axis_name,
+                   **model_kwargs(config))
+
+
+def check_config(config) -> None:
+  """ValueError naming the key when the config's model cannot be built or does not take an
+  input of `config.input_length` samples. Traces the init's shapes; compiles nothing."""
+  name = config.model.name
+  if name not in list_models():
+    raise ValueError(f'model.name: unknown model {name!r}; use one of {list_models()}')
+  try:
+    model = build_model(config, num_classes=2)
+  except ValueError as err:
+    raise ValueError(f'dtype: {err}' if 'config dtype' in str(err) else
+                     f'model.kwargs: {err}') from None
+  except TypeError as err:
+    raise ValueError(f'model.kwargs: {err}') from None
+  length = int(config.input_length)
+  hint = (f' Set input_length (default for {name!r}: {default_input_length(name):,}).')
+  if hasattr(model, 'check_input_length'):
+    try:
+      model.check_input_length(length)
+    except ValueError as err:
+      raise ValueError(f'input_length: {err}{hint}') from None
+  audio = jax.ShapeDtypeStruct((1, length), jnp.float32)
+  try:
+    jax.eval_shape(lambda a: model.init(jax.random.key(0), a, train=False), audio)
+  except (ValueError, TypeError, IndexError) as err:  # options only the trace reaches
+    what = 'input_length' if not hasattr(model, 'check_input_length') else 'model.kwargs'
+    raise ValueError(f'{what}: an input of {length:,} samples does not go through '
+                     f'{name!r}: {err}' + (hint if what == 'input_length' else '')) from None

@@ -30,11 +30,6 @@ Stride = Tuple[int, int]
 SHORT_CHUNK_CHANNELS = (128, 128, 256, 256, 256, 256, 512)
 
 
-def strided_length(n: int, stride: int) -> int:
-  """Extent after a 3×3 conv padded by 1 with this stride (PyTorch's formula)."""
-  return (n - 1) // stride + 1
-
-
 class ResBlock2d(nn.Module):
   """sota's Res_2d: conv3×3/stride → BN → ReLU → conv3×3 → BN, + shortcut, ReLU.
 
@@ -64,15 +59,11 @@ class ResBlock2d(nn.Module):
 
 
 class ShortChunkBackend(nn.Module):
-  """Seven conv blocks (pool 2) or residual blocks (stride 2), global max, dense head → logits.
-
-  pool_first: pool before BatchNorm → ReLU in training (plain blocks) (`blocks.ConvBlock2d`); same outputs.
-  """
+  """Seven conv blocks (pool 2) or residual blocks (stride 2), global max, dense head → logits."""
   num_classes: int = 50
   channels: Sequence[int] = SHORT_CHUNK_CHANNELS
   residual: bool = False
   dropout_rate: float = 0.5
-  pool_first: bool = False
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None
 
@@ -111,7 +102,7 @@ class ShortChunkBackend(nn.Module):
         x = ResBlock2d(features, (2, 2), name=f'layer{i + 1}', **common)(x, train)
       else:
         x = blocks.ConvBlock2d(features, effective_pool(2, x.shape[1]), name=f'layer{i + 1}',
-                               pool_first=self.pool_first, **common)(x, train)
+                               **common)(x, train)
     x = jnp.max(x, axis=(1, 2))
     width = self.layer_channels()[-1]
     logits = DenseHead(width, self.num_classes, self.dropout_rate, name='head', **common)(x, train)
@@ -120,12 +111,11 @@ class ShortChunkBackend(nn.Module):
 
 def build_short_chunk(num_classes: int, *, residual: bool = False, n_mels: int = 128,
                       channels: Sequence[int] = SHORT_CHUNK_CHANNELS, dropout_rate: float = 0.5,
-                      pool_first: bool = False, dtype: Dtype = jnp.float32,
-                      bn_axis_name: Optional[str] = None) -> Classifier:
+                      dtype: Dtype = jnp.float32, bn_axis_name: Optional[str] = None) -> Classifier:
   """Mel front-end (128 bins, dB, BatchNorm) + ShortChunkBackend."""
   backend = ShortChunkBackend(num_classes=num_classes, channels=tuple(channels),
                               residual=residual, dropout_rate=dropout_rate,
-                              pool_first=pool_first, dtype=dtype, bn_axis_name=bn_axis_name)
+                              dtype=dtype, bn_axis_name=bn_axis_name)
   backend.layer_channels()
   frontend = zoo_frontend('mel', dtype, bn_axis_name, n_mels=n_mels)
   return Classifier(frontend=frontend, backend=backend)

@@ -1,4 +1,4 @@
-"""The number-of-harmonics ablation (ICASSP 2020 table, reference 6.2): one run per H.
+"""The number-of-harmonics ablation (Won et al., ICASSP 2020, "Data-driven harmonic filters"): one run per H.
 
     python -m hcnn_jax.tools.ablation --config hcnn_jax/configs/hcnn_mtat.py --workdir runs/abl \
         [--harmonics 1,2,3,4,5,6,7] [--config.num_epochs=...]
@@ -62,8 +62,8 @@ def count_parameters(config, num_classes: int) -> int:
   """Trainable parameters of the config's model, from shapes only (nothing is computed)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from hcnn_jax.training import config_check  # pylint: disable=import-outside-toplevel
-  model = config_check.build_model(config, num_classes)
+  from hcnn_jax.models import registry  # pylint: disable=import-outside-toplevel
+  model = registry.build_model(config, num_classes)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
                                              jnp.zeros((1, int(config.input_length)))))
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(shapes['params'])))
@@ -115,13 +115,13 @@ def run_one(config, workdir: str, n_harmonic: int, num_classes: int) -> Dict[str
 def run_ablation(config, workdir: str,
                  harmonics: Sequence[int] = DEFAULT_HARMONICS) -> List[Dict[str, Any]]:
   """Runs (or reuses) every H and writes ablation.md / ablation.csv; returns the rows."""
-  from hcnn_jax.training import config_check  # pylint: disable=import-outside-toplevel
+  from hcnn_jax.configs import base  # pylint: disable=import-outside-toplevel
   harmonics = parse_harmonics(','.join(str(h) for h in harmonics))
   # Every H is checked before the first is trained: a bad one fails now, not hours later.
   problems = []
   for h in harmonics:
     try:
-      config_check.validate(harmonic_config(config, h))
+      base.validate(harmonic_config(config, h))
     except ValueError as err:
       problems.append(f'H={h}: {err}')
   if problems:

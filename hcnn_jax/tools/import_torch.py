@@ -137,7 +137,9 @@ def load_torch_state_dict(path: str) -> Dict[str, Any]:
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
-    raise ValueError('reading .pth files needs PyTorch: pip install "hcnn-jax[torch]"') from None
+    from hcnn_jax.cli import extras  # pylint: disable=import-outside-toplevel
+    raise ValueError(extras.problem('reading .pth files', ['torch']) or
+                     'reading .pth files needs PyTorch, which fails to import') from None
   if not os.path.isfile(path):
     raise ValueError(f'{path}: no such file')
   try:

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hcnn_jax.data import chunking
+from hcnn_jax.data import audio as audio_lib, chunking
 
 log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
@@ -52,6 +52,20 @@ PERTURBATIONS: Dict[str, Tuple[str, Any]] = {
     'noise_0.1': ('white_noise', 0.1),
     'noise_0.4': ('white_noise', 0.4),
 }
+
+# The optional package each kind of deformation imports (extra [tools]; hcnn_jax/cli/extras.py).
+NEEDS = {'time_stretch': 'librosa', 'pitch_shift': 'librosa', 'drc': 'pedalboard'}
+
+
+def lacking_packages(names: Sequence[str]) -> Optional[str]:
+  """One line when the perturbations `names` need a package that is not installed, else None."""
+  from hcnn_jax.cli import extras  # pylint: disable=import-outside-toplevel
+  kinds = sorted({PERTURBATIONS[n][0] for n in names if n in PERTURBATIONS} & set(NEEDS))
+  line = extras.problem('deforming by ' + ', '.join(kinds), sorted({NEEDS[k] for k in kinds}))
+  if line is None:
+    return None
+  others = ','.join(n for n, (k, _) in PERTURBATIONS.items() if k not in NEEDS and k != 'original')
+  return f'{line} (or --perturbations {others}, which need neither)'
 
 
 # ----------------------------------------------------------------------------- deformations
@@ -155,14 +169,19 @@ def perturb(audio: np.ndarray, name: str, sample_rate: int = SAMPLE_RATE,
 # ------------------------------------------------------------------------------ evaluation
 
 def _predictor(model, task) -> Callable:
+  """`fn(variables, batch)`: the trainer's track-level evaluation step (`step.eval_step`: the
+  mean over each track's chunks) on one device, for `{'audio': (tracks, chunks, L), 'labels'}`."""
+  import functools  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
-  return jax.jit(lambda v, x: task.predict(model.apply(v, x, train=False)))
+  from hcnn_jax.training import step  # pylint: disable=import-outside-toplevel
+  return jax.jit(functools.partial(step.eval_step, model=model, loss_fn=task.loss,
+                                   predict_fn=task.predict))
 
 
 def _track_audio(record: Dict[str, Any]) -> np.ndarray:
   audio = np.asarray(record['audio'])
   if np.issubdtype(audio.dtype, np.integer):
-    return (audio.astype(np.float32) / 32768.0)
+    return audio_lib.from_int16(audio)
   return audio.astype(np.float32)
 
 
@@ -184,12 +203,12 @@ def evaluate_perturbation(name: str, predict: Callable, variables, source, *, in
     for start in range(0, n, tracks_per_batch):
       rows = list(pool.map(one, range(start, min(n, start + tracks_per_batch))))
       batch = np.zeros((tracks_per_batch, num_chunks, input_length), np.float32)
+      batch_labels = np.zeros((tracks_per_batch, len(class_names)), np.float32)
       for r, (chunks, label) in enumerate(rows):
-        batch[r] = chunks
+        batch[r], batch_labels[r] = chunks, label
         labels.append(label)
       # A fixed batch shape: one compilation for every batch and every perturbation.
-      out = np.asarray(predict(variables, batch.reshape(-1, input_length)))
-      out = out.reshape(tracks_per_batch, num_chunks, -1).mean(axis=1)
+      out = np.asarray(predict(variables, {'audio': batch, 'labels': batch_labels})['probs'])
       probs.append(out[:len(rows)])
   probs_arr, labels_arr = np.concatenate(probs), np.stack(labels)
   result = dict(task.metrics(probs_arr, labels_arr, class_names=class_names))
@@ -311,6 +330,10 @@ def main(argv) -> None:
     sys.exit(2)
   perturbations = [p.strip() for p in fl.perturbations.split(',') if p.strip()] \
       if fl.perturbations else None
+  lacking = lacking_packages(perturbations or list(PERTURBATIONS))
+  if lacking:  # before the checkpoint, the dataset and the compile
+    print(f'robustness: error: {lacking}', file=sys.stderr)
+    sys.exit(2)
   try:
     from hcnn_jax.training import flag_errors  # pylint: disable=import-outside-toplevel
     # Before the evaluation, not after it.

@@ -1,13 +1,13 @@
 """`hcnn-tag`: tag your own audio files with a trained (or imported) model.
 
     hcnn-tag FILE... (--workdir DIR | --checkpoint PATH) [--top_k 5] [--json] [--per_chunk]
-                     [--plot out.png] [--hop_seconds S] [--batch_chunks N]
+                     [--plot out.png] [--hop_seconds S] [--batch_chunks N] [--no_compile_cache]
 
 Any format soundfile decodes (wav, flac, ogg, mp3, aiff, au, caf, w64, ...), any sample rate
 (resampled with soxr), mono or multi-channel (averaged), any length: files are decoded, resampled
 and cut into chunks block by block, so memory stays bounded by one batch of chunks whatever the
 length (`hcnn_jax.tools.tagger` says how the chunks cover a file and how their scores are
-averaged). The reference's own demo scored a single centre chunk (reference 4.7).
+averaged). The reference's own demo scored a single centre chunk (sota's `predict.py`).
 
 A bad file gets one line on stderr naming it and saying what is wrong, whatever went wrong, and
 the other files are still tagged. File names that are not UTF-8 are shown with their undecodable
@@ -18,6 +18,13 @@ The JSON names what produced it: the model, the dataset it was trained on and th
 (its path as given on the command line plus the step folder chosen in it, and the step), with
 the chunk length and hop. `--per_chunk` adds every chunk's start and end (seconds) and scores,
 in the JSON and, as the top tags, in the text.
+
+Start-up is kept short: nothing a tagger does not need is imported (no TFDS, grain, optax or
+matplotlib unless --plot), only params and batch_stats are read from the checkpoint, and the
+compiled model is kept in JAX's persistent compilation cache (`hcnn_jax.tools.compile_cache`;
+--no_compile_cache turns it off), so only the first run on a machine compiles it
+(`bench/tag_cold_start.py` measures the gain). Called as `main(argv)` from Python, the caller's
+JAX configuration is left alone: no cache is turned on.
 
 Exit codes: 0 all files tagged, 1 some file could not be tagged, 2 usage errors (bad flags, a
 --plot path that cannot be written, no loadable checkpoint), 130 interrupted (Ctrl-C): the
@@ -80,6 +87,10 @@ def _parser() -> argparse.ArgumentParser:
                       help='distance between chunk starts (default: half a chunk)')
   parser.add_argument('--batch_chunks', type=int, default=DEFAULT_BATCH_CHUNKS,
                       help=f'chunks per model call (default {DEFAULT_BATCH_CHUNKS})')
+  parser.add_argument('--no_compile_cache', action='store_true',
+                      help="compile the model afresh instead of loading it from JAX's persistent "
+                           'compilation cache ($XDG_CACHE_HOME/hcnn-jax/xla, or '
+                           '~/.cache/hcnn-jax/xla; JAX_COMPILATION_CACHE_DIR if set)')
   return parser
 
 
@@ -177,6 +188,9 @@ def _run(args, state: Dict[str, Any]) -> int:
   """Tags every file; `state` keeps what is finished, for the caller to print on Ctrl-C."""
   # Orbax reports read-only managers at WARNING through absl; a user tagging files needs none.
   logging.getLogger('absl').setLevel(logging.ERROR)
+  if state.get('program') and not args.no_compile_cache:
+    from hcnn_jax.tools import compile_cache  # pylint: disable=import-outside-toplevel
+    compile_cache.use_compilation_cache()  # before anything compiles; off where it cannot be
   where = args.workdir or args.checkpoint
   try:
     source = checkpoint_source(where)
@@ -284,7 +298,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       _error(problem)
       return 2
   ctrl_c = _CtrlC()
-  state: Dict[str, Any] = {'results': [], 'failures': [], 'check': ctrl_c.check}
+  # Run as a program (argv None), JAX's persistent compilation cache is turned on; called from
+  # Python, the caller's JAX configuration is left as it is.
+  state: Dict[str, Any] = {'results': [], 'failures': [], 'check': ctrl_c.check,
+                           'program': argv is None}
   # Only the main thread may set handlers; a SIGINT ignored by whoever started us stays ignored.
   main_thread = threading.current_thread() is threading.main_thread()
   original = signal.getsignal(signal.SIGINT) if main_thread else None

@@ -2,8 +2,8 @@
 
 A file shorter than the model's chunk is zero-padded at the end; a longer one is covered by
 overlapping chunks, `hop` samples apart, with one more chunk flush with the end, and the per-chunk
-scores are averaged (the reference's track-level rule, reference 4.5, with a regular hop instead of
-16 chunks, so that a 10-minute file is covered evenly).
+scores are averaged (sota's track-level rule in `training/eval.py`, with a regular hop instead
+of 16 chunks, so that a 10-minute file is covered evenly).
 
 Files are decoded and resampled block by block (`hcnn_jax.data.audio.iter_audio`), and chunks are
 cut from a rolling buffer as the blocks arrive: what is held is one decoded block plus the samples
@@ -107,7 +107,10 @@ class Tagger:
     self.check = lambda: None
     predict = tasks.get_task(task).predict
     self.variables = variables
-    self._predict = jax.jit(lambda v, x: predict(model.apply(v, x, train=False)))
+
+    def score_chunks(v, x):  # named: the compilation cache's entries are named after it
+      return predict(model.apply(v, x, train=False))
+    self._predict = jax.jit(score_chunks)
 
   def _score(self, buf: np.ndarray, buf_at: int, starts: List[int]) -> np.ndarray:
     """Probabilities (len(starts), C) of the chunks at absolute `starts`; buf[0] is at buf_at."""

@@ -22,10 +22,10 @@ import re
 import sys
 from typing import Any, Callable, Dict, Optional, Tuple
 
-import grain.checkpoint as grain_checkpoint
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
@@ -203,6 +203,7 @@ class RunCheckpoints:
     """Saves the full train state, the data iterator state and the bookkeeping at `step`."""
     if step in self.periodic.all_steps():
       return  # a deterministic re-run after a crash reached the same step: identical content
+    import grain.checkpoint as grain_checkpoint  # pylint: disable=import-outside-toplevel
     self.periodic.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=grain_checkpoint.CheckpointSave(_IteratorState(data_state or b'{}')),
@@ -222,6 +223,7 @@ class RunCheckpoints:
     holder = _IteratorState()
     items = dict(state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore())
     if os.path.isfile(os.path.join(step_dir, 'data', data_file_name())):
+      import grain.checkpoint as grain_checkpoint  # pylint: disable=import-outside-toplevel
       items['data'] = grain_checkpoint.CheckpointRestore(holder)
     out = _restore_guarded(step_dir, ('state', 'meta'), lambda: self.periodic.restore(
         step, args=ocp.args.Composite(**items)))
@@ -363,9 +365,15 @@ def restore_variables(path: str, sharding: Optional[jax.sharding.Sharding] = Non
 
   def restore():
     # The target comes from the saved tree itself: arrays come back as saved (a nested dict),
-    # whatever the optimiser was, on the current devices.
+    # whatever the optimiser was, on the current devices. Of a training state only params and
+    # batch_stats are read: the optimiser state (two more copies of the weights for Adam) and
+    # the rest stay on disk.
+    target = abstract_item(step_dir, item, sharding)
+    if isinstance(target, dict) and 'params' in target:
+      target = {k: target[k] for k in ('params', 'batch_stats') if k in target}
+    restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target)
     return manager.restore(step, args=ocp.args.Composite(**{
-        item: ocp.args.StandardRestore(abstract_item(step_dir, item, sharding)),
+        item: ocp.args.PyTreeRestore(target, restore_args, partial_restore=True),
         'meta': ocp.args.JsonRestore(), 'config': ocp.args.JsonRestore()}))
   try:
     out = _restore_guarded(step_dir, (item, 'meta', 'config'), restore)
@@ -375,8 +383,9 @@ def restore_variables(path: str, sharding: Optional[jax.sharding.Sharding] = Non
   if not isinstance(tree, dict) or 'params' not in tree:
     raise CheckpointError(f'checkpoint {step_dir} is damaged: its {item}/ holds no params')
   variables = {'params': tree['params'], 'batch_stats': tree.get('batch_stats') or {}}
+  # Checked on the host: jnp.isfinite would compile two small programs per weight shape.
   bad = [jax.tree_util.keystr(key) for key, x in jax.tree_util.tree_leaves_with_path(variables)
-         if jnp.issubdtype(x.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(x)))]
+         if jnp.issubdtype(x.dtype, jnp.inexact) and not np.isfinite(np.asarray(x)).all()]
   if bad:
     # Written by a run that diverged (before the step checked its own updates); its scores
     # would all be NaN.
@@ -393,10 +402,10 @@ def load_for_inference(path: str):
   or one step directory. The model is built from the saved config without `bn_axis_name`; apply it
   with `model.apply(variables, audio, train=False)`.
   """
-  # Imported here: config_check pulls in the model zoo, which checkpoint users may not need.
-  from hcnn_jax.training import config_check  # pylint: disable=import-outside-toplevel
+  # Imported here: the registry pulls in the model zoo, which checkpoint users may not need.
+  from hcnn_jax.models import registry  # pylint: disable=import-outside-toplevel
   variables, meta, config_dict = restore_variables(path)
   config = ml_collections.ConfigDict(config_dict)
   class_names = list(meta['class_names'])
-  model = config_check.build_model(config, num_classes=len(class_names))
+  model = registry.build_model(config, num_classes=len(class_names))
   return model, variables, config, class_names

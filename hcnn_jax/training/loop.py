@@ -1,16 +1,18 @@
 """The training loop: `train_and_evaluate(config, workdir)` and `evaluate(config, workdir, split)`.
 
-One run, in order (reference section 4):
-1. the config is checked (`config_check.validate`) before any data is read or anything compiled;
+One run, in order:
+1. the config is checked (`configs.base.validate`) before any data is read or anything compiled;
 2. the latest checkpoint in `workdir/checkpoints` is restored if there is one: train state, grain
    iterator state and bookkeeping (epochs done, phase, best so far), so a resumed run continues
    bit-for-bit where the saved one was;
 3. each epoch: enter the schedule's phase for it (a phase switch reloads the best weights and
-   changes the optimiser or its lr, `optim.enter_phase`), `steps_per_epoch` steps, track-level
-   validation (`eval_chunks` chunks per track, mean of the predictions), the best checkpoint by the
-   task's selection metric (validation loss, as sota) in `workdir/best`, a checkpoint;
+   changes the optimiser or its lr, `optim.enter_phase`), `steps_per_epoch` steps (the bar counts
+   the steps the devices finished, `progress.py`), track-level validation (`track_eval.py`:
+   `eval_chunks` chunks per track, mean of the predictions), the best checkpoint by the task's
+   selection metric (validation loss, as sota) in `workdir/best`, a checkpoint, and one console
+   line with every validation score, clips/s and the run's ETA;
 4. the best checkpoint is evaluated on `final_eval_split` (test): `metrics.json`, `per_class.csv`
-   and `per_class.md`.
+   and `per_class.md` (`writers.write_results`).
 
 Guards: the step never applies an update that is non-finite or leaves a non-finite leaf in the
 state, and records the first bad step in `state.nonfinite_step`; the host reads it at every log
@@ -26,29 +28,24 @@ Outputs in the workdir: `config.json`, `checkpoints/`, `best/`, `metrics.csv`, `
 """
 from __future__ import annotations
 
-import csv
-import json
 import logging
-import math
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import ml_collections
 import numpy as np
-from tqdm.auto import tqdm
 
-from hcnn_jax import tasks
+from hcnn_jax import models, tasks
+from hcnn_jax.configs import base as config_base
 from hcnn_jax.data import in_memory, pipeline, sources
 from hcnn_jax.training import checkpoint as ckpt_lib
-from hcnn_jax.training import config_check, optim, parallel, schedule
+from hcnn_jax.training import optim, parallel, schedule
 from hcnn_jax.training import state as state_lib
-from hcnn_jax.training import resume
-from hcnn_jax.training import writers
+from hcnn_jax.training import progress, resume, track_eval, writers
 
 log = logging.getLogger(__name__)
-PyTree = Any
 
 
 # ------------------------------------------------------------------------------------------ setup
@@ -71,32 +68,6 @@ def _task(config: ml_collections.ConfigDict, metadata: Dict[str, Any]) -> tasks.
   return tasks.get_task(kind, config.get('selection_metric'), config.get('selection_mode'))
 
 
-def _show_progress(config) -> bool:
-  return bool(config.get('progress_bar', True)) and jax.process_index() == 0
-
-
-def _write_json(path: str, obj: Any) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(_json_safe(obj), f, indent=2, sort_keys=True)
-    f.write('\n')
-  os.replace(tmp, path)
-
-
-def _json_safe(obj: Any) -> Any:
-  """NaN/inf → None and numpy scalars → Python, so the files are strict JSON."""
-  if isinstance(obj, dict):
-    return {str(k): _json_safe(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_json_safe(v) for v in obj]
-  if isinstance(obj, (np.generic, np.ndarray)):
-    obj = obj.tolist()
-    return _json_safe(obj) if isinstance(obj, list) else obj
-  if isinstance(obj, float) and not math.isfinite(obj):
-    return None
-  return obj
-
-
 def _flatten(d: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
   out = {}
   for k, v in d.items():
@@ -116,82 +87,6 @@ def _warn_config_changes(saved: Optional[Dict[str, Any]], config) -> None:
   if changed:
     log.warning('Resuming with a config that differs from the checkpoint\'s in %s; the run is '
                 'no longer an exact continuation.', changed)
-
-
-# ------------------------------------------------------------------------------------ evaluation
-
-def _evaluate_source(eval_fn: Callable, variables: PyTree, source, config, task: tasks.Task,
-                     class_names: List[str], mesh, desc: str) -> Dict[str, Any]:
-  """Track-level metrics of `source`: the task's metrics of chunk-averaged predictions + loss."""
-  shard_index, shard_count = jax.process_index(), jax.process_count()
-  tracks_per_batch = int(config.eval_tracks_per_batch)
-  batches = pipeline.eval_batches(
-      source, input_length=int(config.input_length), num_chunks=int(config.eval_chunks),
-      tracks_per_batch=tracks_per_batch, shard_index=shard_index, shard_count=shard_count)
-  total = pipeline.num_eval_batches(len(source), tracks_per_batch, shard_count)
-  parts: Dict[str, List[np.ndarray]] = {'probs': [], 'loss': [], 'labels': [], 'mask': []}
-  for batch in tqdm(batches, total=total, desc=desc, unit='batch', leave=False,
-                    disable=not _show_progress(config), dynamic_ncols=True):
-    device_batch = parallel.shard_batch(
-        {'audio': batch['audio'], 'labels': batch['labels'], 'mask': batch['mask']}, mesh)
-    out = eval_fn(variables, device_batch)
-    # Labels and mask travel through the devices with the outputs, so that after the gather of
-    # a multi-host run every row still sits next to its own label.
-    host = parallel.to_host({'probs': out['probs'], 'loss': out['loss'],
-                             'labels': device_batch['labels'], 'mask': device_batch['mask']})
-    for key in parts:
-      parts[key].append(np.asarray(host[key]))
-  arrays = {k: np.concatenate(v) for k, v in parts.items()}
-  mask = arrays['mask'].astype(bool)
-  probs, labels, losses = arrays['probs'][mask], arrays['labels'][mask], arrays['loss'][mask]
-  loss = float(np.mean(losses)) if losses.size else float('nan')
-  if not np.all(np.isfinite(probs)):
-    log.warning('%s: non-finite predictions on %d tracks; only the loss is reported.', desc,
-                int(np.sum(~np.all(np.isfinite(probs), axis=1))))
-    return {'loss': loss, 'num_examples': int(mask.sum()), 'nonfinite_predictions': True}
-  result = dict(task.metrics(probs, labels, class_names=class_names))
-  result['loss'] = loss
-  result['positives'] = dict(zip(class_names, np.sum(labels > 0, axis=0).astype(int).tolist()))
-  return result
-
-
-def _per_class_rows(result: Dict[str, Any], class_names: List[str]) -> Tuple[List[str], List]:
-  per_class = result.get('per_class') or {}
-  columns = ['class', 'positives'] + sorted(per_class)
-  rows = []
-  for name in class_names:
-    row = [name, result.get('positives', {}).get(name)]
-    row += [per_class[m].get(name) for m in sorted(per_class)]
-    rows.append(row)
-  return columns, rows
-
-
-def _fmt(value) -> str:
-  if value is None:
-    return ''
-  if isinstance(value, float):
-    return 'n/a' if not math.isfinite(value) else f'{value:.4f}'
-  return str(value)
-
-
-def write_results(workdir: str, result: Dict[str, Any], class_names: List[str],
-                  suffix: str = '') -> None:
-  """`metrics{suffix}.json`, `per_class{suffix}.csv` and `per_class{suffix}.md` in `workdir`."""
-  _write_json(os.path.join(workdir, f'metrics{suffix}.json'), result)
-  columns, rows = _per_class_rows(result, class_names)
-  with open(os.path.join(workdir, f'per_class{suffix}.csv'), 'w', newline='') as f:
-    w = csv.writer(f)
-    w.writerow(columns)
-    w.writerows([[('' if v is None else v) for v in row] for row in rows])
-  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
-  lines += ['| ' + ' | '.join(_fmt(v) for v in row) + ' |' for row in rows]
-  scalars = {k: v for k, v in result.items() if isinstance(v, (int, float))
-             and not isinstance(v, bool)}
-  head = [f'# {result.get("split", "")} metrics'.rstrip(), '']
-  head += [f'- {k}: {_fmt(float(v)) if isinstance(v, float) else v}'
-           for k, v in sorted(scalars.items())]
-  with open(os.path.join(workdir, f'per_class{suffix}.md'), 'w') as f:
-    f.write('\n'.join(head + [''] + lines) + '\n')
 
 
 # ---------------------------------------------------------------------------------- bookkeeping
@@ -263,10 +158,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   Returns the task's metrics of the best checkpoint on `config.final_eval_split` (default
   'test'): scalars such as `loss`, `roc_auc`, `pr_auc` / `accuracy` / `f1@0.1`, plus `per_class`
-  and `positives` tables, `split`, `checkpoint`, `best_epoch` and `step`.
+  and `positives` tables, what `track_eval.describe` records (`split`, `checkpoint` relative to
+  the workdir, `checkpoint_step`, `eval_chunks`, `input_length`), `best_epoch` and `step` (the
+  steps trained).
   """
   parallel.maybe_initialize_distributed()
-  config_check.validate(config)
+  config_base.validate(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
@@ -283,12 +180,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                      f'{len(train_source)} tracks, fewer than one batch of {batch_size}; lower '
                      'batch_size')
   phase_list = schedule.phases(config, steps_per_epoch)
-  model = config_check.build_model(config, len(class_names), bn_axis_name=parallel.DATA_AXIS)
+  model = models.build_model(config, len(class_names), bn_axis_name=parallel.DATA_AXIS)
   mesh = parallel.make_mesh()
   log_every = int(config.get('log_every_steps') or 50)
   ckpt_every = int(config.get('checkpoint_every_steps') or 0)
   if is_main:
-    _write_json(os.path.join(workdir, 'config.json'), ckpt_lib.config_to_dict(config))
+    writers.write_json(os.path.join(workdir, 'config.json'), ckpt_lib.config_to_dict(config))
 
   ckpts = ckpt_lib.RunCheckpoints(workdir, max_to_keep=int(config.get('checkpoints_to_keep')
                                                            or 2))
@@ -339,6 +236,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     guard = _Guard(ckpts)
     step = int(jax.device_get(state.step))
     num_epochs = int(config.num_epochs)
+    bars = progress.RunProgress(num_epochs=num_epochs, steps_per_epoch=steps_per_epoch,
+                                batch_size=batch_size, enabled=progress.bar_enabled(config))
 
     def save(state):
       guard.check(state, whole=True)  # a poisoned state never overwrites the last good one
@@ -356,15 +255,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
           train_fn = parallel.make_train_step(model, task.loss, new_tx, mesh)
       done = step - book['epoch_start_step']
       window: List[Dict[str, jax.Array]] = []
-      bar = tqdm(total=steps_per_epoch, initial=done, desc=f'epoch {epoch}/{num_epochs}',
-                 unit='step', disable=not _show_progress(config), dynamic_ncols=True)
+      bars.start_epoch(epoch, step)
       tick, tick_step = time.time(), step
       for i in range(done, steps_per_epoch):
         batch = parallel.shard_batch(next(data_iter), mesh)
         state, metrics = train_fn(state, batch)
         step += 1
         window.append(metrics)
-        bar.update(1)
+        bars.dispatched(metrics['loss'])  # the bar counts finished steps; ≤ 2 wait in flight
         last = i == steps_per_epoch - 1
         if step % log_every == 0 or last:
           guard.check(state)
@@ -374,15 +272,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
           logged['lr'] = float(jax.device_get(optim.learning_rate(state.opt_state)))
           logged['steps_per_sec'] = (step - tick_step) / max(now - tick, 1e-9)
           writer.write_scalars(step, logged, prefix='train/')
-          bar.set_postfix(loss=f'{logged["loss"]:.4f}')
+          bars.set_loss(logged['loss'])
+          bars.poll()
           window, tick, tick_step = [], now, step
         if ckpt_every and step % ckpt_every == 0 and not last:
           save(state)
-      bar.close()
+      bars.end_epoch()
 
       guard.check(state)
-      val = _evaluate_source(eval_fn, state_lib.variables(state), val_source, config, task,
-                             class_names, mesh, desc=f'validation {epoch}')
+      timer = progress.ValidationTimer()
+      val = track_eval.evaluate_source(eval_fn, state_lib.variables(state), val_source, config,
+                                       task, class_names, mesh, f'validation {epoch}', timer)
+      bars.validation_timed(timer)
       writer.write_scalars(step, {**val, 'epoch': epoch}, prefix='val/')
       if task.selection_metric not in val and not val.get('nonfinite_predictions'):
         raise ValueError(f'selection_metric: {task.selection_metric!r} is not among the '
@@ -393,10 +294,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         ckpts.save_best(step, state_lib.variables(state), meta=_meta(book, class_names, task),
                         config=config)
       book.update(epochs_done=epoch, epoch_start_step=step)
-      log.info('epoch %d/%d step %d: validation %s %.5f (best %.5f at epoch %s)', epoch,
-               num_epochs, step, task.selection_metric, value,
-               book['best_value'] if book['best_value'] is not None else float('nan'),
-               book['best_epoch'])
+      # One line per epoch with every validation score, whether or not a bar is drawn.
+      best = book['best_value'] if book['best_value'] is not None else float('nan')
+      log.info('epoch %d/%d step %d: validation %s; best %s %.4f at epoch %s; %s', epoch,
+               num_epochs, step, track_eval.epoch_line(val), task.selection_metric, best,
+               book['best_epoch'], bars.summary() or 'not timed yet')
       save(state)
     ckpts.wait()
 
@@ -407,19 +309,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     if ckpts.best_step() is not None:
       try:
         variables, _ = ckpts.restore_best(state_lib.variables(state))
-        used = ckpts.best_path()
+        used, used_step = ckpts.best_path(), ckpts.best_step()
       except ckpt_lib.CheckpointError as err:
         log.warning('%s; evaluating the last state instead.', err)
     else:
       log.warning('No best checkpoint (no usable validation score); evaluating the last state.')
     if variables is None:
-      variables, used = state_lib.variables(state), ckpts.path(ckpts.latest_step())
-    result = _evaluate_source(eval_fn, variables, eval_source, config, task, class_names, mesh,
-                              desc=split)
-    result.update(split=split, checkpoint=used, best_epoch=book['best_epoch'], step=step)
+      used_step = ckpts.latest_step()
+      variables, used = state_lib.variables(state), ckpts.path(used_step)
+    result = track_eval.evaluate_source(eval_fn, variables, eval_source, config, task,
+                                        class_names, mesh, split)
+    result.update(track_eval.describe(config, split, used, used_step, workdir),
+                  best_epoch=book['best_epoch'], step=step)
     writer.write_scalars(step, result, prefix=f'{split}/')
     if is_main:
-      write_results(workdir, result, class_names)
+      writers.write_results(workdir, result, class_names)
     return result
   finally:
     if writer is not None:
@@ -438,9 +342,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, split: str = 'test
   checkpoint directory.
   """
   parallel.maybe_initialize_distributed()
-  config_check.validate(config)
-  if split not in config_check.SPLITS:
-    raise ValueError(f'split: {split!r}; use one of {list(config_check.SPLITS)}')
+  config_base.validate(config)
+  if split not in config_base.SPLITS:
+    raise ValueError(f'split: {split!r}; use one of {list(config_base.SPLITS)}')
   workdir = os.path.abspath(os.path.expanduser(workdir))
   if checkpoint in ('best', 'latest'):
     sub = ckpt_lib.BEST_DIR if checkpoint == 'best' else ckpt_lib.CHECKPOINT_DIR
@@ -452,6 +356,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, split: str = 'test
   else:
     path = checkpoint
   variables, meta, saved_config = ckpt_lib.restore_variables(path)
+  directory, used_step, _ = ckpt_lib.resolve(path)  # the step directory restore_variables read
   saved_model = (saved_config.get('model') or {}).get('name')
   if saved_model and saved_model != config.model.name:
     raise ValueError(f'model.name: the checkpoint in {path} was trained as {saved_model!r}, but '
@@ -463,15 +368,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, split: str = 'test
                      f'{metadata["class_names"]}, the checkpoint {class_names}; evaluate on the '
                      'dataset the model was trained on')
   task = _task(config, metadata)
-  model = config_check.build_model(config, len(class_names), bn_axis_name=parallel.DATA_AXIS)
+  model = models.build_model(config, len(class_names), bn_axis_name=parallel.DATA_AXIS)
   mesh = parallel.make_mesh()
   eval_fn = parallel.make_eval_step(model, task.loss, task.predict, mesh)
   variables = parallel.replicate(variables, mesh)
-  result = _evaluate_source(eval_fn, variables, source, config, task, class_names, mesh,
-                            desc=split)
-  result.update(split=split, checkpoint=os.path.abspath(path),
+  result = track_eval.evaluate_source(eval_fn, variables, source, config, task, class_names,
+                                      mesh, split)
+  result.update(track_eval.describe(config, split, os.path.join(directory, str(used_step)),
+                                    used_step, workdir),
                 best_epoch=meta.get('bookkeeping', {}).get('best_epoch'))
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    write_results(workdir, result, class_names, suffix=f'_{split}')
+    writers.write_results(workdir, result, class_names, suffix=f'_{split}')
   return result

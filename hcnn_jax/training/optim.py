@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, NamedTuple
 
+import ml_collections
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -29,8 +31,9 @@ from hcnn_jax.training.schedule import Phase
 def decay_mask(name: str) -> Callable | None:
   """Which parameters the weight decay touches.
 
-  'reference': all of them, as torch's optimiser weight_decay does (reference 10.2: the harmonic
-    Q and BN γ/β decay too); returns None (no mask).
+  'reference': all of them, as torch's optimiser weight_decay does (sota's `torch.optim.Adam(...,
+    weight_decay=1e-4)` in `training/solver.py`: the harmonic Q and BN γ/β decay too); returns
+    None (no mask).
   'no_bn_no_bias': only parameters with ≥ 2 dimensions (conv and dense kernels); biases, BN/LN
     scales and scalars such as Q are left alone.
   """
@@ -151,3 +154,21 @@ def enter_phase(new: Phase, previous: Phase | None, params, opt_state=None) -> P
     raise ValueError('enter_phase needs the current opt_state to change only the learning rate.')
   return PhaseEntry('set_lr', None, set_learning_rate(opt_state, new.learning_rate),
                     new.reload_best)
+
+
+def check_config(config) -> None:
+  """ValueError naming the key when `config.optimizer` is not a recipe that fits the run."""
+  opt = config.optimizer
+  name = opt.get('name', 'reference') if hasattr(opt, 'get') else None
+  if isinstance(opt, ml_collections.ConfigDict) and name in schedule_lib.DEFAULTS:
+    known = {'name'} | set(schedule_lib.DEFAULTS[name])
+    unknown = set(opt.keys()) - known
+    if unknown:
+      from hcnn_jax.configs import base  # pylint: disable=import-outside-toplevel
+      raise ValueError(base.unknown_keys('optimizer: ', unknown, known))
+  # adamw_cosine needs steps_per_epoch: when the loop derives it from the dataset, any positive
+  # value checks the rest here, and the loop checks the warmup again with the real one.
+  try:
+    schedule_lib.phases(config, config.get('steps_per_epoch') or 10**9)
+  except (ValueError, TypeError) as err:
+    raise ValueError(f'optimizer: {err}') from None

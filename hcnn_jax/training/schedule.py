@@ -1,18 +1,19 @@
 """The optimiser schedule as data: which optimiser and learning rate each epoch uses.
 
-The reference recipe (reference 4.1, 4.2, 11.7), epochs 1-based as in the reference: its
-`opt_schedule` runs after each epoch's validation, so "switch after epoch 80" means epoch 81 is the
-first SGD epoch.
+The sota recipe (minzwon/sota-music-tagging-models, `training/solver.py`), epochs 1-based as
+there: its `opt_schedule` runs after each epoch's validation, so "switch after epoch 80" means
+epoch 81 is the first SGD epoch.
 
   epochs   1 –  80  Adam lr 1e-4 (coupled L2 1e-4)                         phase 1
   epochs  81 – 100  reload best, fresh SGD lr 1e-3, Nesterov 0.9, L2 1e-4    phase 2
   epochs 101 – 120  reload best, SGD lr 1e-4 (momentum buffers kept)         phase 3
   epochs 121 – 200  reload best, SGD lr 1e-5 (momentum buffers kept)         phase 4
 
-ddhf (reference 4.2, 8) switches after 60 Adam epochs (so 60, 80, 100) and, through its
-`self.load = path` bug, never reloads; `optimizer_config('reference', variant='ddhf')` reproduces
-both. "Reload best" swaps params and batch_stats for the best-by-validation-loss ones (torch's
-`load_state_dict` restores BN buffers too) and leaves the optimiser state alone.
+ddhf (minzwon/data-driven-harmonic-filters, `training/solver.py`) switches after 60 Adam epochs
+(so 60, 80, 100) and, through its `self.load = path` bug, never reloads;
+`optimizer_config('reference', variant='ddhf')` reproduces both. "Reload best" swaps params and
+batch_stats for the best-by-validation-loss ones (torch's `load_state_dict` restores BN buffers
+too) and leaves the optimiser state alone.
 
 The modern alternative, 'adamw_cosine', is one phase: AdamW with decoupled weight decay and a linear
 warmup into a cosine decay over all training steps.

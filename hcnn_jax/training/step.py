@@ -18,6 +18,7 @@ from flax import linen as nn
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from hcnn_jax.data.audio import INT16_SCALE
 from hcnn_jax.training.state import TrainState
 
 PyTree = Any
@@ -65,7 +66,7 @@ def float_audio(audio: jnp.ndarray) -> jnp.ndarray:
   """Waveforms as float32 in [-1, 1): int16 batches (the pipeline's `audio_dtype='int16'`) are
   scaled on the device; float batches pass as they are."""
   if jnp.issubdtype(audio.dtype, jnp.integer):
-    return audio.astype(jnp.float32) / 32768.0
+    return audio.astype(jnp.float32) / INT16_SCALE
   return audio
 
 

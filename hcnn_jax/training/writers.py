@@ -1,4 +1,6 @@
-"""Metric writers: TensorBoard event files and a long-format `metrics.csv` in the workdir.
+"""Report writers: TensorBoard event files and a long-format `metrics.csv` in the workdir
+(`MetricWriter`), and the result files of an evaluation (`write_results`: `metrics*.json`,
+`per_class*.csv`, `per_class*.md`) and of a run's config (`write_json`).
 
 Named `writers` rather than `logging` so that `import logging` inside the package still means the
 standard library.
@@ -19,6 +21,7 @@ Every write also flushes the events, so a run killed and never resumed still sho
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -26,7 +29,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from typing import Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -186,3 +189,77 @@ def configure_cli_logging() -> None:
   """For the CLIs: our progress at INFO, orbax's per-save chatter (absl INFO) only from WARNING."""
   logging.getLogger('absl').setLevel(logging.WARNING)
   logging.getLogger('hcnn_jax').setLevel(logging.INFO)
+
+
+# ------------------------------------------------------------------------------- result files
+
+def write_json(path: str, obj: Any) -> None:
+  """`obj` as strict JSON (see `_json_safe`), written atomically: tmp file + rename."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(_json_safe(obj), f, indent=2, sort_keys=True)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def _json_safe(obj: Any) -> Any:
+  """NaN/inf → None and numpy scalars → Python, so the files are strict JSON."""
+  if isinstance(obj, dict):
+    return {str(k): _json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_json_safe(v) for v in obj]
+  if isinstance(obj, (np.generic, np.ndarray)):
+    obj = obj.tolist()
+    return _json_safe(obj) if isinstance(obj, list) else obj
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  return obj
+
+
+def workdir_relative(path: str, workdir: str) -> str:
+  """`path` as the result files name it: relative to the workdir when inside it (`best/3`),
+  else its last two components (`checkpoints/12`), so that no file records where a run lived."""
+  path, workdir = os.path.abspath(path), os.path.abspath(workdir)
+  if os.path.commonpath([path, workdir]) == workdir:
+    return os.path.relpath(path, workdir)
+  parent, name = os.path.split(path)
+  return os.path.join(os.path.basename(parent), name)
+
+
+def _per_class_rows(result: Dict[str, Any], class_names: List[str]) -> Tuple[List[str], List]:
+  per_class = result.get('per_class') or {}
+  columns = ['class', 'positives'] + sorted(per_class)
+  rows = []
+  for name in class_names:
+    row = [name, result.get('positives', {}).get(name)]
+    row += [per_class[m].get(name) for m in sorted(per_class)]
+    rows.append(row)
+  return columns, rows
+
+
+def _fmt(value) -> str:
+  if value is None:
+    return ''
+  if isinstance(value, float):
+    return 'n/a' if not math.isfinite(value) else f'{value:.4f}'
+  return str(value)
+
+
+def write_results(workdir: str, result: Dict[str, Any], class_names: List[str],
+                  suffix: str = '') -> None:
+  """`metrics{suffix}.json`, `per_class{suffix}.csv` and `per_class{suffix}.md` in `workdir`."""
+  write_json(os.path.join(workdir, f'metrics{suffix}.json'), result)
+  columns, rows = _per_class_rows(result, class_names)
+  with open(os.path.join(workdir, f'per_class{suffix}.csv'), 'w', newline='') as f:
+    w = csv.writer(f)
+    w.writerow(columns)
+    w.writerows([[('' if v is None else v) for v in row] for row in rows])
+  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+  lines += ['| ' + ' | '.join(_fmt(v) for v in row) + ' |' for row in rows]
+  scalars = {k: v for k, v in result.items() if isinstance(v, (int, float))
+             and not isinstance(v, bool)}
+  head = [f'# {result.get("split", "")} metrics'.rstrip(), '']
+  head += [f'- {k}: {_fmt(float(v)) if isinstance(v, float) else v}'
+           for k, v in sorted(scalars.items())]
+  with open(os.path.join(workdir, f'per_class{suffix}.md'), 'w') as f:
+    f.write('\n'.join(head + [''] + lines) + '\n')

@@ -1,4 +1,5 @@
-"""The reference's crop and 16-chunk rules (reference 4.3, 4.5, 8.1)."""
+"""The crop and 16-chunk rules of sota's `training/data_loader` and `training/eval.py`, and
+ddhf's DCASE loader (`training/data_loader/dcase_loader.py`)."""
 from __future__ import annotations
 
 import numpy as np

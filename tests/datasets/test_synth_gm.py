@@ -1,6 +1,9 @@
 """synth_gm: the soundfont, the scores and tags, the builder, and the clips "listened to in numbers"."""
 from __future__ import annotations
 
+import hashlib
+import os
+import subprocess
 import sys
 
 import librosa
@@ -10,7 +13,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from datasets.synth_gm import clips, compose, render
-from datasets.synth_gm.synth_gm import SynthGm, SynthGmConfig
+from datasets.synth_gm import tags as synth_tags
+from datasets.synth_gm.synth_gm import OTHER_SOUNDFONTS, SynthGm, SynthGmConfig
 
 
 @pytest.fixture(scope='module')
@@ -27,13 +31,22 @@ def tiny(tiny_dir):
   return tfds.builder('synth_gm/tiny', data_dir=tiny_dir)
 
 
-def _note_rms(program: int, is_drum: bool = False) -> float:
+def _note_rms(program: int, is_drum: bool = False, soundfont: str = render.DEFAULT_SOUNDFONT,
+              pitch: int = 60) -> float:
   midi = pretty_midi.PrettyMIDI()
   inst = pretty_midi.Instrument(program=program, is_drum=is_drum)
-  for k, pitch in enumerate((36, 38, 42) if is_drum else (60,)):
-    inst.notes.append(pretty_midi.Note(velocity=100, pitch=pitch, start=0.1 * k, end=0.4))
+  for k, key in enumerate((36, 38, 42) if is_drum else (pitch,)):
+    inst.notes.append(pretty_midi.Note(velocity=100, pitch=key, start=0.1 * k, end=0.4))
   midi.instruments.append(inst)
-  return float(np.sqrt(np.mean(render.render(midi, 8000) ** 2)))
+  return float(np.sqrt(np.mean(render.render(midi, 8000, soundfont_name=soundfont) ** 2)))
+
+
+def _need(soundfont: str) -> None:
+  """Skips, naming the package, where the Debian soundfont is not installed (`make soundfonts`)."""
+  try:
+    render.soundfont_path(soundfont)
+  except ValueError as err:
+    pytest.skip(str(err))
 
 
 # ---- The soundfont ---------------------------------------------------------------------------
@@ -53,6 +66,48 @@ def test_every_program_and_kit_the_generator_uses_sounds():
   assert not silent_kits, f'drum kits render silence: {silent_kits}'
 
 
+@pytest.mark.parametrize('soundfont', sorted(OTHER_SOUNDFONTS.values()))
+def test_other_soundfonts_play_every_program_and_kit_the_generator_uses(soundfont):
+  _need(soundfont)
+  missing = [p for p in range(128) if render.preset_name(p, soundfont_name=soundfont) is None]
+  assert not missing, f'{soundfont} lacks GM programs {missing}'
+  used = sorted({p for roles in compose.FAMILIES.values() for ps in roles.values() for p in ps})
+  # In the middle of the range the generator folds each program's notes into (a bank may leave
+  # the extremes silent: FluidR3's contrabass has no sample above A#3, see the README).
+  ranges = compose._RANGES  # pylint: disable=protected-access
+  middle = {p: sum(ranges.get(p, (36, 96))) // 2 for p in used}
+  silent = [p for p in used if not _note_rms(p, soundfont=soundfont, pitch=middle[p]) > 1e-4]
+  assert not silent, f'{soundfont}: programs render silence: {silent}'
+  silent_kits = [k for k in compose.DRUM_KITS.values()
+                 if not _note_rms(k, is_drum=True, soundfont=soundfont) > 1e-4]
+  assert not silent_kits, f'{soundfont}: drum kits render silence: {silent_kits}'
+
+
+def test_a_missing_soundfont_fails_in_one_line_naming_its_package(tmp_path, monkeypatch):
+  gone = render.Soundfont('FluidR3_GM', str(tmp_path / 'FluidR3_GM.sf2'),
+                          'apt-get install fluid-soundfont-gm (or: make soundfonts)')
+  monkeypatch.setitem(render.SOUNDFONTS, 'FluidR3_GM', gone)
+  with pytest.raises(ValueError, match=r'FluidR3_GM .* is missing: install it with '
+                     r'`apt-get install fluid-soundfont-gm'):
+    render.soundfont_path('FluidR3_GM')
+  builder = SynthGm(data_dir=str(tmp_path), config='tiny_fluidr3', file_format='array_record',
+                    num_workers=1)
+  with pytest.raises(ValueError, match='fluid-soundfont-gm'):
+    builder.download_and_prepare()
+  assert not builder.is_prepared()
+  with pytest.raises(ValueError, match="Unknown soundfont 'GeneralUser'"):
+    render.soundfont_path('GeneralUser')
+
+
+def test_the_default_soundfont_renders_what_it_always_rendered():
+  # Digests of clips rendered by the builder before other soundfonts existed (version 1.0.0, the
+  # x86-64 tinysoundfont 0.3.7 wheel): adding banks must not change a byte of tiny/default/large.
+  for args, digest in (((11, 'test', 3, 6.0), 'd048fb0a9361ed298bdf6c0b7de40627d064fa64'),
+                       ((2020, 'train', 0, 8.0), '80158a10ed93f8826f94ffa8a38202eb995eb631')):
+    audio = clips.make_clip(*args).audio
+    assert hashlib.sha256(audio.tobytes()).hexdigest()[:40] == digest, args
+
+
 def test_render_is_stateless_between_clips():
   # The soundfont object is cached per process: a clip must not hear the tail of the previous one.
   first = clips.make_clip(3, 'train', 5, 2.0).audio
@@ -65,13 +120,13 @@ def test_render_is_stateless_between_clips():
 # ---- Scores and tags -------------------------------------------------------------------------
 
 def test_tags_are_many_unique_and_cover_the_issue():
-  assert len(compose.TAGS) >= 20
-  assert len(set(compose.TAGS)) == len(compose.TAGS)
+  assert len(synth_tags.TAGS) >= 20
+  assert len(set(synth_tags.TAGS)) == len(synth_tags.TAGS)
   for tag in ('piano', 'organ', 'guitar', 'bass', 'strings', 'violin', 'cello', 'brass', 'trumpet',
               'sax', 'flute', 'clarinet', 'choir', 'synth', 'drums', 'no_drums', 'fast', 'slow',
               'loud', 'quiet', 'high', 'low', 'solo', 'ensemble'):
-    assert tag in compose.TAGS
-  for members in compose.INSTRUMENT_TAGS.values():
+    assert tag in synth_tags.TAGS
+  for members in synth_tags.INSTRUMENT_TAGS.values():
     assert members and all(0 <= p < 128 for p in members)
 
 
@@ -80,35 +135,35 @@ def test_score_tag_frequencies_are_useful_and_distinct():
   rows = []
   for i in range(n):
     score = compose.compose(clips.clip_rng(1, 'train', i), seconds)
-    rows.append(compose.multi_hot(compose.score_tags(score, seconds)))
+    rows.append(synth_tags.multi_hot(synth_tags.score_tags(score, seconds)))
   labels = np.stack(rows)
-  freq = dict(zip(compose.TAGS, labels.mean(0)))
-  for tag in set(compose.TAGS) - {'loud', 'quiet'}:  # those two need the rendered audio
+  freq = dict(zip(synth_tags.TAGS, labels.mean(0)))
+  for tag in set(synth_tags.TAGS) - {'loud', 'quiet'}:  # those two need the rendered audio
     assert 0.03 <= freq[tag] <= 0.7, (tag, freq[tag])
-  assert np.all(labels[:, compose.TAGS.index('drums')] + labels[:, compose.TAGS.index('no_drums')] == 1)
-  corr = np.corrcoef(labels[:, [compose.TAGS.index(t) for t in set(compose.TAGS) - {'loud', 'quiet'}]].T)
+  assert np.all(labels[:, synth_tags.TAGS.index('drums')] + labels[:, synth_tags.TAGS.index('no_drums')] == 1)
+  corr = np.corrcoef(labels[:, [synth_tags.TAGS.index(t) for t in set(synth_tags.TAGS) - {'loud', 'quiet'}]].T)
   np.fill_diagonal(corr, 0.0)
   # Only drums/no_drums are complements; every other pair must carry its own information.
   strong = np.argwhere(np.abs(corr) > 0.9)
-  names = [t for t in set(compose.TAGS) - {'loud', 'quiet'}]
+  names = [t for t in set(synth_tags.TAGS) - {'loud', 'quiet'}]
   pairs = {frozenset((names[a], names[b])) for a, b in strong}
   assert pairs <= {frozenset(('drums', 'no_drums'))}, pairs
 
 
 def test_tags_follow_the_score():
   score = compose.compose(clips.clip_rng(5, 'train', 0), 6.0)
-  tags = compose.score_tags(score, 6.0)
+  tags = synth_tags.score_tags(score, 6.0)
   programs = {p.program for p in score.parts if not p.is_drum}
-  for tag, members in compose.INSTRUMENT_TAGS.items():
+  for tag, members in synth_tags.INSTRUMENT_TAGS.items():
     assert (tag in tags) == bool(programs & members), tag
   assert ('drums' in tags) == any(p.is_drum for p in score.parts)
-  assert ('fast' in tags) == (score.tempo >= compose.FAST_BPM)
-  assert ('slow' in tags) == (score.tempo <= compose.SLOW_BPM)
+  assert ('fast' in tags) == (score.tempo >= synth_tags.FAST_BPM)
+  assert ('slow' in tags) == (score.tempo <= synth_tags.SLOW_BPM)
 
 
 def test_multi_hot_rejects_unknown_tags():
   with pytest.raises(ValueError, match='Unknown tags'):
-    compose.multi_hot(frozenset({'kazoo'}))
+    synth_tags.multi_hot(frozenset({'kazoo'}))
 
 
 def test_clip_is_deterministic_int16_with_headroom():
@@ -128,7 +183,7 @@ def test_features_splits_and_ids(tiny, tiny_dir):
   features = tiny.info.features
   assert features['audio'].np_dtype == np.int16 and features['audio'].shape == (None,)
   assert features['labels'].np_dtype == np.float32
-  assert features['labels'].shape == (len(compose.TAGS),)
+  assert features['labels'].shape == (len(synth_tags.TAGS),)
   assert isinstance(features['id'], tfds.features.Text)
   cfg = tiny.builder_config
   ids = {}
@@ -150,13 +205,13 @@ def test_features_splits_and_ids(tiny, tiny_dir):
 
 def test_metadata(tiny, tiny_dir):
   meta = tiny.info.metadata
-  assert list(meta['class_names']) == list(compose.TAGS)
+  assert list(meta['class_names']) == list(synth_tags.TAGS)
   assert meta['sample_rate'] == 16000 and meta['task'] == 'tagging'
   assert meta['skipped_files'] == 0 and list(meta['skipped']) == []
   source = tfds.data_source('synth_gm/tiny', data_dir=tiny_dir)
   for split in ('train', 'validation', 'test'):
     labels = np.stack([r['labels'] for r in source[split]])
-    assert meta['tag_counts'][split] == dict(zip(compose.TAGS, labels.sum(0).astype(int).tolist()))
+    assert meta['tag_counts'][split] == dict(zip(synth_tags.TAGS, labels.sum(0).astype(int).tolist()))
 
 
 def test_stored_clip_equals_a_fresh_render(tiny, tiny_dir):
@@ -216,7 +271,7 @@ def heard():
     ))
     tags.append(clip.tags)
   stats = {k: np.array([s[k] for s in stats]) for k in stats[0]}
-  has = {t: np.array([t in ts for ts in tags]) for t in compose.TAGS}
+  has = {t: np.array([t in ts for ts in tags]) for t in synth_tags.TAGS}
   return stats, has
 
 
@@ -242,3 +297,55 @@ def test_loud_and_quiet_are_far_apart(heard):
   stats, has = heard
   gap = np.median(stats['rms_db'][has['loud']]) - np.median(stats['rms_db'][has['quiet']])
   assert gap >= 12.0, gap
+
+
+# ---- The same test scores through another soundfont ------------------------------------------
+
+def test_companion_configs_mirror_their_base():
+  configs = {c.name: c for c in SynthGm.BUILDER_CONFIGS}
+  for base in ('tiny', 'default', 'large'):
+    for suffix, soundfont in OTHER_SOUNDFONTS.items():
+      other, ref = configs[f'{base}_{suffix}'], configs[base]
+      assert other.split_sizes() == {'test': ref.num_test}
+      assert (other.seed, other.clip_seconds, other.soundfont) == (ref.seed, ref.clip_seconds,
+                                                                   soundfont)
+    assert configs[base].soundfont == render.DEFAULT_SOUNDFONT
+
+
+def test_fluidr3_render_holds_the_same_scores_as_the_test_split(tiny, tiny_dir):
+  _need('FluidR3_GM')
+  builder = SynthGm(data_dir=tiny_dir, config='tiny_fluidr3', file_format='array_record',
+                    num_workers=1)
+  builder.download_and_prepare()
+  assert list(builder.info.splits) == ['test']
+  meta = builder.info.metadata
+  assert meta['soundfont']['name'] == 'FluidR3_GM'
+  assert meta['soundfont']['bytes'] == os.path.getsize(render.soundfont_path('FluidR3_GM'))
+  assert len(meta['soundfont']['sha256']) == 64
+  assert 'soundfont' not in tiny.info.metadata  # the base configs' metadata is as it was
+  ours = {r['id']: r for r in tfds.data_source('synth_gm/tiny', data_dir=tiny_dir)['test']}
+  other = {r['id']: r for r in builder.as_data_source()['test']}
+  assert sorted(other) == sorted(ours)
+  score_tags = [i for i, t in enumerate(synth_tags.TAGS) if t not in ('loud', 'quiet')]
+  for clip_id, record in other.items():
+    # Every tag read off the score is the same; loud/quiet are read off this render's waveform.
+    np.testing.assert_array_equal(record['labels'][score_tags], ours[clip_id]['labels'][score_tags])
+    assert record['audio'].tobytes() != ours[clip_id]['audio'].tobytes()
+  cfg = builder.builder_config
+  fresh = clips.make_clip(cfg.seed, 'test', 5, cfg.clip_seconds, 'FluidR3_GM')
+  assert other[fresh.id.encode()]['audio'].tobytes() == fresh.audio.tobytes()
+  np.testing.assert_array_equal(other[fresh.id.encode()]['labels'], fresh.labels)
+
+
+def test_make_soundfonts_installs_exactly_the_files_the_renderer_reads():
+  mk = os.path.join(os.path.dirname(compose.__file__), 'soundfonts.mk')
+  make = ['make', '--no-print-directory', '-f', mk]
+  listed = subprocess.run(make + ['--eval', 'files: ; @echo $(SOUNDFONT_FILES)', 'files'],
+                          check=True, capture_output=True, text=True).stdout.split()
+  assert sorted(listed) == sorted(render.soundfont(s).path for s in OTHER_SOUNDFONTS.values())
+  # A missing bank makes the target install both packages (`echo` stands in for sudo here).
+  out = subprocess.run(make + ['soundfonts', 'SOUNDFONT_FILES=/nonexistent/FluidR3_GM.sf2',
+                               'SOUNDFONT_SUDO=echo'], check=True, capture_output=True,
+                       text=True).stdout
+  assert 'missing /nonexistent/FluidR3_GM.sf2' in out
+  assert 'apt-get install -y fluid-soundfont-gm musescore-general-soundfont-small' in out

@@ -1,9 +1,8 @@
 """The STFT's alternative code paths against the ones they replace: frame()'s reshape path (hop
-divides the frame) against an explicit numpy gather, power_spectrogram(method='matmul') against
-'rfft' and a float64 numpy reference, the harmonic front-end's filterbank precisions and STFT
-methods against 'highest' / 'rfft', gradients w.r.t. Q through the matmul STFT, and the option
-checks (HarmonicFrontend fields, build_hcnn's pool_impl). These paths exist for speed on
-accelerators; on CPU they must give the reference's numbers."""
+divides the frame) against an explicit numpy gather and the power spectrogram against a float64
+numpy reference, the harmonic front-end's filterbank precisions against 'highest', and the option
+checks (HarmonicFrontend fields, build_hcnn). These paths exist for speed on accelerators; on CPU
+they must give the reference's numbers."""
 import importlib
 
 import jax
@@ -70,43 +69,18 @@ def test_frame_reshape_path_under_jit():
   np.testing.assert_array_equal(np.asarray(got[1, :, 0]), 1001 + 16 * np.arange(got.shape[1]))
 
 
-def test_dft_matrices_are_the_one_sided_dft():
-  cos, sin = S.dft_matrices(16)
-  assert cos.shape == sin.shape == (16, 9) and cos.dtype == sin.dtype == np.float32
-  x = np.random.default_rng(0).standard_normal(16)
-  spec = np.fft.rfft(x)
-  np.testing.assert_allclose(x @ cos, spec.real, atol=1e-5)
-  np.testing.assert_allclose(x @ sin, spec.imag, atol=1e-5)
-
-
 @pytest.mark.parametrize('n_fft,hop', [(512, 256), (256, 100)])
 @pytest.mark.parametrize('center', [True, False])
 @pytest.mark.parametrize('kind', ['chirp', 'chord', 'noise'])
-def test_matmul_power_matches_rfft_and_numpy(make_signal, kind, n_fft, hop, center):
+def test_power_matches_numpy(make_signal, kind, n_fft, hop, center):
   x = make_signal(kind, 5001)  # odd, not a multiple of either hop
   ref = reference_power(x, n_fft, hop, center)
-  rfft = S.power_spectrogram(x, n_fft, hop, center=center, method='rfft')
-  matmul = S.power_spectrogram(x, n_fft, hop, center=center, method='matmul')
-  assert matmul.shape == rfft.shape == ref.shape == (n_fft // 2 + 1,
-                                                     S.num_frames(5001, n_fft, hop, center))
-  assert matmul.dtype == jnp.float32
-  assert rel_err(matmul, rfft) < 1e-5
-  assert rel_err(matmul, ref) < 1e-5
-  mag = S.power_spectrogram(x, n_fft, hop, center=center, power=1.0, method='matmul')
+  power = S.power_spectrogram(x, n_fft, hop, center=center)
+  assert power.shape == ref.shape == (n_fft // 2 + 1, S.num_frames(5001, n_fft, hop, center))
+  assert power.dtype == jnp.float32
+  assert rel_err(power, ref) < 1e-5
+  mag = S.power_spectrogram(x, n_fft, hop, center=center, power=1.0)
   assert rel_err(mag, np.sqrt(ref)) < 1e-5
-
-
-def test_matmul_power_keeps_batch_axes(make_signal):
-  x = np.stack([make_signal('chord', 3001), make_signal('noise', 3001)])[None]  # (1, 2, L)
-  out = S.power_spectrogram(x, 256, 100, method='matmul')
-  assert out.shape == (1, 2, 129, 1 + 3001 // 100)
-  assert rel_err(out[0, 1], reference_power(x[0, 1], 256, 100, True)) < 1e-5
-
-
-@pytest.mark.parametrize('method', ['fft', 'MATMUL', '', None])
-def test_unknown_stft_method_raises(method):
-  with pytest.raises(ValueError, match='STFT method must be one of'):
-    S.power_spectrogram(np.zeros(1000, np.float32), 256, 100, method=method)
 
 
 def harmonic_input(make_signal, length=4000):
@@ -117,16 +91,12 @@ def harmonic_input(make_signal, length=4000):
 
 
 @pytest.mark.parametrize('precision', sorted(FILTERBANK_PRECISIONS))
-@pytest.mark.parametrize('stft_method', S.STFT_METHODS)
-def test_harmonic_precisions_and_methods_agree_with_highest_rfft(make_signal, precision,
-                                                                   stft_method):
+def test_harmonic_precisions_agree_with_highest(make_signal, precision):
   x = harmonic_input(make_signal)
   f0, level = harmonic_fundamentals(SR, n_harmonic=6)
   kw = dict(sample_rate=SR, n_fft=512, hop_length=256, n_harmonic=6)
-  ref = S.amplitude_to_db(harmonic_spectrogram(x, f0, 1.0, precision='highest',
-                                               stft_method='rfft', **kw))
-  out = S.amplitude_to_db(harmonic_spectrogram(x, f0, 1.0, precision=precision,
-                                               stft_method=stft_method, **kw))
+  ref = S.amplitude_to_db(harmonic_spectrogram(x, f0, 1.0, precision='highest', **kw))
+  out = S.amplitude_to_db(harmonic_spectrogram(x, f0, 1.0, precision=precision, **kw))
   assert out.shape == ref.shape == (2, level, 1 + 4000 // 256, 6)
   assert float(jnp.max(jnp.abs(out - ref))) < 0.01
   assert float(jnp.max(ref)) > 0.0  # a real signal, not the dB floor everywhere
@@ -137,31 +107,11 @@ def test_harmonic_spectrogram_rejects_unknown_precision(make_signal):
   with pytest.raises(ValueError, match='filterbank precision must be one of'):
     harmonic_spectrogram(harmonic_input(make_signal, 1000), f0, 1.0, sample_rate=SR,
                          precision='float32')
-  with pytest.raises(ValueError, match='STFT method must be one of'):
-    harmonic_spectrogram(harmonic_input(make_signal, 1000), f0, 1.0, sample_rate=SR,
-                         stft_method='dft')
-
-
-def test_q_gradient_through_matmul_stft_matches_rfft(make_signal):
-  x = harmonic_input(make_signal)
-  f0, level = harmonic_fundamentals(SR, n_harmonic=6)
-  w = jax.random.normal(jax.random.key(0), (2, level, 1 + 4000 // 256, 6))
-
-  def loss(q, method):
-    out = harmonic_spectrogram(x, f0, q, sample_rate=SR, stft_method=method)
-    return jnp.sum(S.amplitude_to_db(out) * w)
-
-  grad = jax.jit(jax.grad(loss), static_argnums=1)
-  g_rfft, g_matmul = float(grad(1.0, 'rfft')), float(grad(1.0, 'matmul'))
-  assert np.isfinite(g_matmul) and g_matmul != 0.0
-  np.testing.assert_allclose(g_matmul, g_rfft, rtol=1e-4)
-  # At another Q as well (a different set of bins under each triangle).
-  np.testing.assert_allclose(float(grad(2.5, 'matmul')), float(grad(2.5, 'rfft')), rtol=1e-4)
 
 
 @pytest.mark.parametrize('field,value', [('filterbank_precision', 'fp8'),
                                          ('filterbank_precision', 'HIGHEST'),
-                                         ('stft_method', 'fft'), ('stft_method', None)])
+                                         ('learn_bw', 'all')])
 def test_harmonic_frontend_checks_its_fields(field, value):
   fe = HarmonicFrontend(**{field: value})
   with pytest.raises(ValueError, match=field):
@@ -172,26 +122,22 @@ def test_harmonic_frontend_checks_its_fields(field, value):
 
 def test_harmonic_frontend_accepts_every_listed_option():
   for precision in FILTERBANK_PRECISIONS:
-    for method in S.STFT_METHODS:
-      fe = HarmonicFrontend(filterbank_precision=precision, stft_method=method)
-      assert fe.output_shape(2048) == (128, 9, 6)
+    fe = HarmonicFrontend(filterbank_precision=precision)
+    assert fe.output_shape(2048) == (128, 9, 6)
 
 
-def test_build_hcnn_checks_pool_impl_and_passes_the_options_on():
-  with pytest.raises(ValueError, match='pool_impl must be one of'):
-    build_hcnn(num_classes=3, width=4, pool_impl='maxpool')
-  model = build_hcnn(num_classes=3, width=4, pool_impl='reshape', filterbank_precision='high',
-                     stft_method='matmul')
-  assert model.backend.pool_impl == 'reshape'
+def test_build_hcnn_passes_the_options_on_and_has_no_speed_switches():
+  model = build_hcnn(num_classes=3, width=4, filterbank_precision='high')
   assert model.frontend.filterbank_precision == 'high'
-  assert model.frontend.stft_method == 'matmul'
-  default = build_hcnn(num_classes=3, width=4)
-  assert (default.backend.pool_impl, default.frontend.filterbank_precision,
-          default.frontend.stft_method) == ('argmax', 'default', 'rfft')
+  assert build_hcnn(num_classes=3, width=4).frontend.filterbank_precision == 'default'
+  # How it computes is hcnn_jax.speed's choice, not an option of the model.
+  for option in ('pool_impl', 'pool_first', 'fold_bn', 'stft_method'):
+    with pytest.raises(TypeError):
+      build_hcnn(num_classes=3, width=4, **{option: None})
 
 
-@pytest.mark.parametrize('option', [{'filterbank_precision': 'bad'}, {'stft_method': 'nope'}])
+@pytest.mark.parametrize('option', [{'filterbank_precision': 'bad'}, {'learn_bw': 'nope'}])
 def test_build_hcnn_rejects_bad_frontend_options_at_construction(option):
-  # Like a bad pool_impl, a bad front-end option must fail when the model is built, not at init.
+  # A bad front-end option must fail when the model is built, not at init.
   with pytest.raises(ValueError, match=next(iter(option))):
     build_hcnn(num_classes=3, width=4, **option)

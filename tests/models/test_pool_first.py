@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from hcnn_jax import speed
 from hcnn_jax.models import blocks, get_model
-from hcnn_jax.models.musicnn import ConvV, build_musicnn
+from hcnn_jax.models.musicnn import ConvV
 
 
 class Block(nn.Module):
@@ -149,15 +150,25 @@ def test_statistics_are_synced_over_the_named_axis():
 
 def test_conv_block_keeps_its_variables_and_outputs():
   x = random((2, 8, 10, 3), 6)
-  ref, new = blocks.ConvBlock2d(4, 2, pool_first=False), blocks.ConvBlock2d(4, 2, pool_first=True)
-  variables = ref.init(jax.random.PRNGKey(0), x)
-  assert (jax.tree_util.tree_structure(new.init(jax.random.PRNGKey(0), x))
-          == jax.tree_util.tree_structure(variables))
+  block = blocks.ConvBlock2d(4, 2)
+  variables = block.init(jax.random.PRNGKey(0), x)
+  with speed.choose(pool_first=True):
+    assert (jax.tree_util.tree_structure(block.init(jax.random.PRNGKey(0), x))
+            == jax.tree_util.tree_structure(variables))
   for train in (True, False):
-    a = ref.apply(variables, x, train, mutable=['batch_stats'])
-    b = new.apply(variables, x, train, mutable=['batch_stats'])
+    with speed.choose(pool_first=False):
+      a = block.apply(variables, x, train, mutable=['batch_stats'])
+    with speed.choose(pool_first=True):
+      b = block.apply(variables, x, train, mutable=['batch_stats'])
     np.testing.assert_allclose(np.asarray(b[0]), np.asarray(a[0]), rtol=1e-5, atol=1e-6)
     assert_close_tree(a[1], b[1], 1e-6)
+  # The choice reaches the block: training traces another program when it pools first.
+  programs = []
+  for pool_first in (False, True):
+    with speed.choose(pool_first=pool_first):
+      programs.append(str(jax.make_jaxpr(
+          lambda x: block.apply(variables, x, True, mutable=['batch_stats']))(x)))
+  assert programs[0] != programs[1]
 
 
 def model_grads(model, variables, audio):
@@ -173,14 +184,17 @@ def kernels(grads):
   return [v for p, v in jax.tree_util.tree_leaves_with_path(grads) if p[-1].key == 'kernel']
 
 
-def assert_same_model(ref, new, audio):
-  """Same inference outputs, training loss, statistics and kernel gradients, same variables."""
-  variables = ref.init(jax.random.PRNGKey(1), audio[:1], train=False)
-  np.testing.assert_allclose(np.asarray(new.apply(variables, audio, train=False)),
-                             np.asarray(ref.apply(variables, audio, train=False)), rtol=1e-6,
-                             atol=1e-6)
-  (la, ua), ga = model_grads(ref, variables, audio)
-  (lb, ub), gb = model_grads(new, variables, audio)
+def assert_same_model(model, audio, ref_choices, new_choices):
+  """Same inference outputs, training loss, statistics and kernel gradients, same variables,
+  under two sets of `speed` choices."""
+  variables = model.init(jax.random.PRNGKey(1), audio[:1], train=False)
+  with speed.choose(**ref_choices):
+    ref_out = model.apply(variables, audio, train=False)
+    (la, ua), ga = model_grads(model, variables, audio)
+  with speed.choose(**new_choices):
+    new_out = model.apply(variables, audio, train=False)
+    (lb, ub), gb = model_grads(model, variables, audio)
+  np.testing.assert_allclose(np.asarray(new_out), np.asarray(ref_out), rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(float(lb), float(la), rtol=1e-5)
   assert_close_tree(ua, ub, 1e-4)
   assert_close_tree(kernels(ga), kernels(gb), 1e-3)
@@ -192,17 +206,18 @@ def test_timbral_bank_computes_the_same_either_way():
   upstream = random((3, 20, 6), 9)
   combos = [(False, 'xla'), (True, 'xla'), (False, 'matmul'), (True, 'matmul')]
   results = []
+  module = ConvV(6, 17)
+  variables = module.init(jax.random.PRNGKey(0), x)
+
+  def loss(params, x):
+    out, updates = module.apply({**variables, 'params': params}, x, train=True,
+                                mutable=['batch_stats'])
+    return jnp.sum(out * upstream), (out, updates)
+
+  step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
   for pool_first, conv_grads in combos:
-    module = ConvV(6, 17, pool_first=pool_first, conv_grads=conv_grads)
-    variables = module.init(jax.random.PRNGKey(0), x)
-
-    def loss(params, x, module=module, variables=variables):
-      out, updates = module.apply({**variables, 'params': params}, x, train=True,
-                                  mutable=['batch_stats'])
-      return jnp.sum(out * upstream), (out, updates)
-
-    results.append(jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
-        variables['params'], x))
+    with speed.choose(pool_first=pool_first, conv_grads=conv_grads):
+      results.append(step(variables['params'], x))
   # The conv bias feeds BatchNorm, so its gradient is zero up to rounding: compare the rest.
   without_conv_bias = lambda g: (g[0]['Conv_0']['kernel'], g[0]['BatchNorm_0'], g[1])
   (_, (out0, upd0)), grads0 = results[0]
@@ -218,15 +233,16 @@ def test_musicnn_defaults_and_equal_inference():
   # Short kernels keep the compile quick; the defaults under test do not depend on them.
   kw = dict(timbral_channels=4, temporal_channels=3, backend_channels=4, dense=5,
             heights=(9, 5))
-  fast = get_model('musicnn', 3, **kw)
-  assert fast.backend.pool_first and fast.backend.conv_grads == 'matmul'
-  assert_same_model(get_model('musicnn', 3, pool_first=False, conv_grads='xla', **kw), fast,
-                    audio)
+  default = speed.choices()
+  assert default.pools_first(True) and default.conv_grads == 'matmul'
+  assert_same_model(get_model('musicnn', 3, **kw), audio,
+                    dict(pool_first=False, conv_grads='xla'), {})
 
 
-def test_unknown_conv_grads_fails_at_construction():
+def test_unknown_conv_grads_fails_when_forced():
   with pytest.raises(ValueError, match='conv_grads must be one of'):
-    build_musicnn(3, conv_grads='cudnn')
+    with speed.choose(conv_grads='cudnn'):
+      pass
 
 
 @pytest.mark.parametrize('name,kw,length', [
@@ -239,6 +255,5 @@ def test_conv_stacks_train_and_infer_the_same_with_pool_first(name, kw, length):
   from hcnn_jax.models import default_input_length  # pylint: disable=import-outside-toplevel
   audio = jax.random.uniform(jax.random.PRNGKey(0), (4, length or default_input_length(name)),
                              minval=-1, maxval=1)
-  ref, new = get_model(name, 3, **kw), get_model(name, 3, pool_first=True, **kw)
-  assert new.backend.pool_first and not ref.backend.pool_first
-  assert_same_model(ref, new, audio)
+  assert not speed.choices().pools_first(False)  # the conv blocks' default
+  assert_same_model(get_model(name, 3, **kw), audio, {}, dict(pool_first=True))

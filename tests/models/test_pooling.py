@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hcnn_jax import speed
 from hcnn_jax.models import blocks
 from hcnn_jax.models.blocks import POOL_IMPLS, max_pool, max_pool_argmax, pool_fn
 from hcnn_jax.models.hcnn import build_hcnn
@@ -158,38 +159,45 @@ def test_pool_fn_picks_the_implementation():
   assert pool_fn('reshape') is max_pool and pool_fn('argmax') is max_pool_argmax
   with pytest.raises(ValueError, match='pool_impl must be one of'):
     pool_fn('max')
-  assert blocks.ConvBlock2d(4).pool_impl == 'argmax'
-  assert blocks.ResBlock2dMP(4).pool_impl == 'argmax'
+  assert speed.Choices().pool_impl == 'argmax'
+  with pytest.raises(ValueError, match='pool_impl must be one of'):
+    with speed.choose(pool_impl='bogus'):
+      pass
 
 
 @pytest.mark.parametrize('block', [blocks.ConvBlock2d, blocks.ResBlock2dMP])
-def test_blocks_use_the_chosen_pool(block):
+def test_blocks_use_the_chosen_pool(block, monkeypatch):
   x = random_input((2, 6, 8, 4), seed=9)
-  fast, ref = block(4, pool=(2, 2)), block(4, pool=(2, 2), pool_impl='reshape')
-  variables = fast.init(jax.random.key(0), x)
-  np.testing.assert_array_equal(np.asarray(fast.apply(variables, x)),
-                                np.asarray(ref.apply(variables, x)))
-  with pytest.raises(ValueError, match='pool_impl must be one of'):
-    block(4, pool_impl='bogus').init(jax.random.key(0), x)
+  module = block(4, pool=(2, 2))
+  variables = module.init(jax.random.key(0), x)
+  used = []
+  real = blocks.pool_fn
+  monkeypatch.setattr(blocks, 'pool_fn', lambda impl: used.append(impl) or real(impl))
+  fast = module.apply(variables, x)
+  with speed.choose(pool_impl='reshape'):
+    ref = module.apply(variables, x)
+  assert used == ['argmax', 'reshape']
+  np.testing.assert_array_equal(np.asarray(fast), np.asarray(ref))
 
 
 def test_tiny_hcnn_trains_identically_with_either_pool():
-  models = {impl: build_hcnn(num_classes=3, width=4, pool_impl=impl) for impl in POOL_IMPLS}
+  model = build_hcnn(num_classes=3, width=4)
   x = jnp.asarray(0.3 * np.random.default_rng(10).standard_normal((2, 80_000)), jnp.float32)
   labels = jnp.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
   # rbg keys: threefry's random init compiles for seconds on CPU, rbg in a fraction.
-  variables = jax.jit(models['argmax'].init)({'params': jax.random.key(0, impl='rbg')}, x)
+  variables = jax.jit(model.init)({'params': jax.random.key(0, impl='rbg')}, x)
   dropout = jax.random.key(1, impl='rbg')
 
-  def loss_and_grads(model):
+  def loss_and_grads(impl):
     def loss(params):
       logits, _ = model.apply({**variables, 'params': params}, x, train=True,
                               rngs={'dropout': dropout}, mutable=['batch_stats'])
       return jnp.mean(jnp.logaddexp(0.0, logits) - labels * logits), logits
-    return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])
+    with speed.choose(pool_impl=impl):
+      return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])
 
-  (loss_a, logits_a), grads_a = loss_and_grads(models['argmax'])
-  (loss_r, logits_r), grads_r = loss_and_grads(models['reshape'])
+  (loss_a, logits_a), grads_a = loss_and_grads('argmax')
+  (loss_r, logits_r), grads_r = loss_and_grads('reshape')
   assert logits_a.shape == (2, 3) and np.isfinite(float(loss_a))
   np.testing.assert_allclose(np.asarray(logits_a), np.asarray(logits_r), rtol=1e-6, atol=1e-7)
 

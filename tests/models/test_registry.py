@@ -97,3 +97,43 @@ def test_swapped_frontends_and_shape_errors():
 def test_public_api():
   for name in ('get_model', 'list_models', 'default_input_length', 'get_frontend', 'Classifier'):
     assert hasattr(models, name), name
+
+
+def test_a_config_read_back_from_json_builds_the_same_hashable_model():
+  import json  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from hcnn_jax.configs import fake_tiny  # pylint: disable=import-outside-toplevel
+  config = fake_tiny.get_config()
+  original = registry.model_kwargs(config)
+  config.model.kwargs = ml_collections.ConfigDict(json.loads(json.dumps(
+      config.model.kwargs.to_dict())))
+  loaded = registry.model_kwargs(config)
+  assert loaded == original
+  assert isinstance(loaded['pools'], tuple) and isinstance(loaded['pools'][0], tuple)
+  model = models.build_model(config, 5)
+  assert hash(model) == hash(models.build_model(config, 5))
+
+
+def test_check_config_names_the_key_in_one_line():
+  from hcnn_jax.configs import fake_tiny  # pylint: disable=import-outside-toplevel
+  config = fake_tiny.get_config()
+  registry.check_config(config)
+  cases = [('model.name', 'hcnnn', "model.name: unknown model 'hcnnn'"),
+           ('model.kwargs.n_harmonic', 0, 'model.kwargs: n_harmonic must be an integer >= 1'),
+           ('model.kwargs.width', 'wide', 'model.kwargs: '),
+           ('input_length', 100, 'input_length: An input of 100 samples does not fit'),
+           ('dtype', 'float16', "dtype: config dtype 'float16' is not supported")]
+  for path, value, message in cases:
+    changed = fake_tiny.get_config()
+    with changed.unlocked():
+      node = changed
+      *parents, last = path.split('.')
+      for p in parents:
+        node = node[p]
+      if last in node:
+        del node[last]  # ConfigDict keeps a key's type: a mistyped value needs a fresh key
+      node[last] = value
+    with pytest.raises(ValueError) as err:
+      registry.check_config(changed)
+    assert str(err.value).startswith(message), (path, str(err.value))
+    assert '\n' not in str(err.value)

@@ -30,6 +30,7 @@ def study(tmp_path_factory):
   return workdir, rows
 
 
+@pytest.mark.slow
 def test_one_run_per_h_and_the_tables(study):
   workdir, rows = study
   assert [r['H'] for r in rows] == [1, 2]
@@ -55,6 +56,7 @@ def test_one_run_per_h_and_the_tables(study):
   assert f'| 1 | {rows[0]["parameters"]:,} |' in md and 'includes the compilation' in md
 
 
+@pytest.mark.slow
 def test_finished_values_are_skipped_and_an_interrupted_one_resumes(study):
   workdir, rows = study
   done = os.path.join(workdir, 'H1', ablation.RESULT_FILE)

@@ -164,7 +164,9 @@ def test_sigint_exits_130_without_a_traceback(workdir, tmp_path):
   sf.write(first, tones(SR), SR)
   rest = tmp_path / 'long.flac'  # 10 minutes: still being tagged when the signal comes
   sf.write(rest, tones(SR * 600, amp=0.05), SR, subtype='PCM_16')
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')]))
+  # Run as a program, hcnn-tag keeps its compiled model in the user's cache: not the tester's.
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')]),
+             XDG_CACHE_HOME=str(tmp_path / 'cache'))
   # A child of a non-interactive shell may inherit SIGINT ignored (then Python never installs
   # its handler); in a user's terminal it is not, so put Python's handler back first.
   script = ('import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); '

@@ -34,7 +34,7 @@ def main(entry: str, workdir: str) -> None:
                                     'ablation': 'hcnn_jax.tools.ablation'}[entry])
   if entry == 'ablation':
     module._define_flags()  # pylint: disable=protected-access
-  elif entry in ('train', 'eval'):
+  elif entry in ('train', 'eval', 'demo'):
     module.define_flags()  # what their run() does first, as the console scripts do
   after_import = xla_bridge.backends_are_initialized()
   flags.FLAGS([entry, '--config', 'hcnn_jax/configs/fake_tiny.py', '--workdir', workdir])

@@ -11,7 +11,8 @@ import pytest
 from hcnn_jax.configs import fake_tiny
 from hcnn_jax.models.compose import Classifier
 from hcnn_jax.training import checkpoint as ckpt_lib
-from hcnn_jax.training import config_check, optim, schedule
+from hcnn_jax.models import registry
+from hcnn_jax.training import optim, schedule
 from hcnn_jax.training import state as state_lib
 
 CONFIG = fake_tiny.get_config()
@@ -123,7 +124,7 @@ def test_resolve_accepts_workdir_manager_and_step_dirs(tmp_path):
 
 
 def test_load_for_inference_rebuilds_the_model_from_the_saved_config(tmp_path):
-  model = config_check.build_model(CONFIG, len(CLASSES))
+  model = registry.build_model(CONFIG, len(CLASSES))
   variables = state_lib.init_variables(model, jax.random.PRNGKey(3), CONFIG.input_length)
   with ckpt_lib.RunCheckpoints(str(tmp_path)) as ckpts:
     ckpts.save_best(10, variables, meta={'class_names': CLASSES}, config=CONFIG)

@@ -18,7 +18,8 @@ import pytest
 
 from hcnn_jax.tools import tag
 from hcnn_jax.training import checkpoint as ckpt_lib
-from hcnn_jax.training import config_check, loop, optim, parallel, schedule
+from hcnn_jax.models import registry
+from hcnn_jax.training import loop, optim, parallel, schedule
 from hcnn_jax.training import state as state_lib
 from tests.training.test_loop import tiny_config
 
@@ -114,7 +115,7 @@ def test_resume_skips_a_checkpoint_holding_non_finite_values(run, tmp_path, capl
   workdir = _copy(run, tmp_path)
   config = _config()
   phases = schedule.phases(config, 4)
-  model = config_check.build_model(config, 5, bn_axis_name=parallel.DATA_AXIS)
+  model = registry.build_model(config, 5, bn_axis_name=parallel.DATA_AXIS)
   template = state_lib.create_train_state(model, optim.make_optimizer(phases[0]),
                                           jax.random.PRNGKey(0), int(config.input_length))
   with ckpt_lib.RunCheckpoints(workdir, async_save=False) as ckpts:
@@ -166,5 +167,6 @@ def test_final_evaluation_with_a_damaged_best_checkpoint_uses_the_last_state(run
     result = loop.train_and_evaluate(_config(), workdir)  # finished: only re-evaluates
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert any(named in w and 'evaluating the last state' in w for w in warnings), warnings
-  assert result['checkpoint'] == os.path.join(workdir, 'checkpoints', '4')
+  assert result['checkpoint'] == os.path.join('checkpoints', '4')
+  assert result['checkpoint_step'] == 4
   assert np.isfinite(result['loss'])

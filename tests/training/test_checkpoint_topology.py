@@ -70,6 +70,7 @@ print('RESULT', json.dumps({'devices': jax.device_count(), 'loss': result['loss'
 '''
 
 
+@pytest.mark.slow
 def test_train_on_4_devices_read_and_resume_on_1_and_back(tmp_path, env, capsys):
   if jax.device_count() != 1:
     pytest.skip('this process must have exactly one device')

@@ -22,7 +22,8 @@ import pytest
 from hcnn_jax.configs import fake_tiny
 from hcnn_jax.data import in_memory, pipeline, sources
 from hcnn_jax.training import checkpoint as ckpt_lib
-from hcnn_jax.training import config_check, loop, parallel, step as step_lib
+from hcnn_jax.configs import base as config_base
+from hcnn_jax.training import loop, parallel, step as step_lib
 from hcnn_jax.training import state as state_lib
 from tests.training import _models
 
@@ -164,12 +165,12 @@ def _with(config, **values):
 def test_config_check_wants_data_in_memory_true_or_false(value):
   config = fake_tiny.get_config()
   assert config.data_in_memory is False
-  config_check.validate(config)
-  config_check.validate(_with(config, data_in_memory=True))
+  config_base.validate(config)
+  config_base.validate(_with(config, data_in_memory=True))
   with pytest.raises(ValueError, match=r'- data_in_memory: must be True or False'):
-    config_check.validate(_with(config, data_in_memory=value))
+    config_base.validate(_with(config, data_in_memory=value))
   del config['data_in_memory']  # a config written before the key existed
-  config_check.validate(config)
+  config_base.validate(config)
 
 
 # ------------------------------------------------------------------------------------- loop
@@ -205,7 +206,8 @@ def test_loop_with_data_in_memory_trains_exactly_as_without(tmp_path, monkeypatc
   for flag in (False, True):
     workdir = str(tmp_path / f'in_memory_{flag}')
     results[flag] = loop.train_and_evaluate(tiny_config(data_in_memory=flag), workdir)
-    variables, _, _ = ckpt_lib.restore_variables(results[flag]['checkpoint'])
+    variables, _, _ = ckpt_lib.restore_variables(
+        os.path.join(workdir, results[flag]['checkpoint']))
     params[flag] = jax.tree.leaves(jax.device_get(variables))
   assert dtypes == ['int16', 'int16']  # training always sends int16 samples
   assert len(made) == 1  # only the data_in_memory run decoded the split

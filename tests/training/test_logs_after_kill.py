@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -23,6 +24,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from tensorboardX.proto import event_pb2
 
 from hcnn_jax.training import checkpoint as ckpt_lib
@@ -94,10 +96,17 @@ def _tensorboard(workdir: Path) -> list:
   return shown
 
 
+@pytest.mark.slow
 def test_logs_after_sigkill_before_and_after_a_checkpoint_equal_a_straight_runs(tmp_path, env):
   straight, killed = tmp_path / 'straight', tmp_path / 'killed'
   assert _train(straight, env, tmp_path / 'straight.log') == 0, \
       (tmp_path / 'straight.log').read_text()[-3000:]
+  # train.py's console: one line per epoch with every validation score.
+  console = (tmp_path / 'straight.log').read_text()
+  number = r'(\d+\.\d+|nan)'
+  for epoch in (1, 2):
+    assert re.search(rf'epoch {epoch}/2 step {6 * epoch}: validation loss {number}, '
+                     rf'pr_auc {number}, roc_auc {number}; best loss {number} at epoch', console)
 
   code = _train(killed, env, tmp_path / 'attempt1.log', kill_at='3:train/loss:')
   assert code == -signal.SIGKILL, (tmp_path / 'attempt1.log').read_text()[-3000:]

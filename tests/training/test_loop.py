@@ -7,7 +7,9 @@ are shared with test_resume.py and test_cli.py.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 
 import jax
 import numpy as np
@@ -16,7 +18,8 @@ import pytest
 from hcnn_jax.configs import fake_tiny
 from hcnn_jax.data import pipeline
 from hcnn_jax.training import checkpoint as ckpt_lib
-from hcnn_jax.training import config_check, loop, optim, parallel, writers
+from hcnn_jax.configs import base as config_base
+from hcnn_jax.training import loop, optim, parallel, track_eval, writers
 from hcnn_jax.training import state as state_lib
 
 # Every test here shares JAX's persistent compilation cache (conftest's cache_dir).
@@ -76,7 +79,7 @@ def schedule_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('schedule_run'))
   config = tiny_config(num_epochs=4, checkpoints_to_keep=20)  # keep every step for the checks
   seen, builds, reloads = {}, [], []
-  real_make, real_eval = parallel.make_train_step, loop._evaluate_source
+  real_make, real_eval = parallel.make_train_step, track_eval.evaluate_source
   real_restore_best = ckpt_lib.RunCheckpoints.restore_best
 
   def make_train_step(model, loss_fn, tx, mesh, **kw):
@@ -92,8 +95,9 @@ def schedule_run(tmp_path_factory):
       return fn(state, batch)
     return recorded
 
-  def evaluate_source(eval_fn, variables, source, config, task, class_names, mesh, desc):
-    result = real_eval(eval_fn, variables, source, config, task, class_names, mesh, desc)
+  def evaluate_source(eval_fn, variables, source, config, task, class_names, mesh, desc,
+                      timer=None):
+    result = real_eval(eval_fn, variables, source, config, task, class_names, mesh, desc, timer)
     if desc.startswith('validation'):
       result['loss'] = SCRIPTED_VAL_LOSS[int(desc.split()[-1]) - 1]
     return result
@@ -103,13 +107,32 @@ def schedule_run(tmp_path_factory):
     reloads.append((self.best_step(), _host(variables['params'])))
     return variables, meta
 
+  console = _Lines()  # what the CLIs print at INFO (writers.configure_cli_logging)
+  logger = logging.getLogger('hcnn_jax')
+  level = logger.level
+  logger.setLevel(logging.INFO)
+  logger.addHandler(console)
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(parallel, 'make_train_step', make_train_step)
-    mp.setattr(loop, '_evaluate_source', evaluate_source)
+    mp.setattr(track_eval, 'evaluate_source', evaluate_source)
     mp.setattr(ckpt_lib.RunCheckpoints, 'restore_best', restore_best)
-    result = loop.train_and_evaluate(config, workdir)
+    try:
+      result = loop.train_and_evaluate(config, workdir)
+    finally:
+      logger.removeHandler(console)
+      logger.setLevel(level)
   return dict(workdir=workdir, result=result, seen=seen, builds=builds, reloads=reloads,
-              config=config)
+              config=config, console=console.lines)
+
+
+class _Lines(logging.Handler):
+
+  def __init__(self):
+    super().__init__(logging.INFO)
+    self.lines = []
+
+  def emit(self, record):
+    self.lines.append(record.getMessage())
 
 
 def test_run_writes_checkpoints_logs_and_results(schedule_run):
@@ -124,7 +147,14 @@ def test_run_writes_checkpoints_logs_and_results(schedule_run):
   for key in ('roc_auc', 'pr_auc', 'loss', 'per_class', 'positives'):
     assert key in metrics and key in result
   assert metrics['split'] == 'test' and metrics['best_epoch'] == 1
-  assert metrics['checkpoint'] == os.path.join(workdir, 'best', '3')
+  # How the scores were computed, with the checkpoint named inside the workdir: no file records
+  # where the run lived.
+  assert metrics['checkpoint'] == os.path.join('best', '3') and metrics['checkpoint_step'] == 3
+  assert metrics['eval_chunks'] == schedule_run['config'].eval_chunks == 4
+  assert metrics['input_length'] == schedule_run['config'].input_length
+  for name in os.listdir(workdir):
+    if name.endswith(('.json', '.csv', '.md')) and name != 'config.json':
+      assert workdir not in open(os.path.join(workdir, name)).read(), name
   assert 0.0 <= metrics['roc_auc'] <= 1.0 and np.isfinite(metrics['loss'])
   assert json.load(open(os.path.join(workdir, 'config.json')))['num_epochs'] == 4
 
@@ -141,6 +171,21 @@ def test_run_writes_checkpoints_logs_and_results(schedule_run):
   assert any(r['name'] == 'test/roc_auc' for r in rows)
   events = os.listdir(os.path.join(workdir, writers.TB_DIR))
   assert any(name.startswith('events.out.tfevents') for name in events)
+
+
+def test_each_epoch_prints_its_validation_scores_and_the_runs_eta(schedule_run):
+  lines = [line for line in schedule_run['console'] if re.match(r'epoch \d/4 step', line)]
+  number = r'(\d+\.\d+|nan)'
+  # Scripted validation losses; ROC-AUC and PR-AUC are the real ones of the tiny model.
+  for epoch, line in enumerate(lines, 1):
+    assert re.search(rf'validation loss {number}, pr_auc {number}, roc_auc {number}; '
+                     rf'best loss 0\.5000 at epoch 1; ', line), line
+    assert f'epoch {epoch}/4 step {3 * epoch}: validation loss ' \
+        f'{SCRIPTED_VAL_LOSS[epoch - 1]:.4f}' in line, line
+    # Timed from each epoch's first finished step: 2 of 3 steps, compiling left out.
+    assert re.search(r'\d+\.\d clips/s, run ETA \d+:\d\d', line), line
+  assert len(lines) == 4
+  assert lines[-1].endswith('run ETA 0:00')  # nothing left after the last validation
 
 
 def test_reference_schedule_optimiser_and_lr_per_epoch(schedule_run):
@@ -268,7 +313,7 @@ def test_validate_lists_every_problem_at_once():
   with config.unlocked():
     config.batch_sizee = 8
   with pytest.raises(ValueError) as err:
-    config_check.validate(config)
+    config_base.validate(config)
   message = str(err.value)
   assert "unknown key(s) ['batch_sizee']" in message
   assert '- worker_count: ' in message and '- optimizer: ' in message

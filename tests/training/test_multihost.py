@@ -117,6 +117,7 @@ def _leaves(tree):
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
+@pytest.mark.slow
 def test_two_processes_train_resume_bit_exactly_and_match_one_process(tmp_path, base_env):
   straight, killed, single = tmp_path / 'straight', tmp_path / 'killed', tmp_path / 'single'
   logs = _train(straight, base_env, processes=2, devices=2)
@@ -327,16 +328,16 @@ def test_entry_points_join_the_job_before_touching_the_devices(entry, tmp_path):
 
 def test_timeouts_come_from_the_environment(monkeypatch):
   # pylint: disable=protected-access
-  from hcnn_jax.training import parallel  # pylint: disable=import-outside-toplevel
-  for name in (parallel.HEARTBEAT_ENV, parallel.SHUTDOWN_ENV, parallel.INIT_ENV):
+  from hcnn_jax.training import multihost  # pylint: disable=import-outside-toplevel
+  for name in (multihost.HEARTBEAT_ENV, multihost.SHUTDOWN_ENV, multihost.INIT_ENV):
     monkeypatch.delenv(name, raising=False)
-  assert parallel._timeouts() == {'heartbeat_timeout_seconds': 60,
-                                  'shutdown_timeout_seconds': 60, 'initialization_timeout': 300}
-  monkeypatch.setenv(parallel.HEARTBEAT_ENV, '7')
-  assert parallel._timeouts()['heartbeat_timeout_seconds'] == 7
-  monkeypatch.setenv(parallel.SHUTDOWN_ENV, 'soon')
+  assert multihost._timeouts() == {'heartbeat_timeout_seconds': 60,
+                                   'shutdown_timeout_seconds': 60, 'initialization_timeout': 300}
+  monkeypatch.setenv(multihost.HEARTBEAT_ENV, '7')
+  assert multihost._timeouts()['heartbeat_timeout_seconds'] == 7
+  monkeypatch.setenv(multihost.SHUTDOWN_ENV, 'soon')
   with pytest.raises(ValueError, match="HCNN_SHUTDOWN_TIMEOUT='soon' must be an integer"):
-    parallel._timeouts()
-  monkeypatch.setenv(parallel.SHUTDOWN_ENV, '0')
+    multihost._timeouts()
+  monkeypatch.setenv(multihost.SHUTDOWN_ENV, '0')
   with pytest.raises(ValueError, match='HCNN_SHUTDOWN_TIMEOUT=0 must be a positive'):
-    parallel._timeouts()
+    multihost._timeouts()

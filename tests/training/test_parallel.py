@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from hcnn_jax.training import parallel
+from hcnn_jax.training import multihost, parallel
 from tests.training import _models
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -127,7 +127,7 @@ def test_multihost_environment_detection(monkeypatch, env, expected):
     monkeypatch.delenv(name, raising=False)
   for name, value in env.items():
     monkeypatch.setenv(name, value)
-  assert parallel.multihost_environment() == expected
+  assert multihost.multihost_environment() == expected
 
 
 def test_maybe_initialize_distributed_is_a_no_op_on_one_host(monkeypatch):
@@ -144,4 +144,4 @@ def test_bad_launcher_variable_is_named(monkeypatch):
   monkeypatch.setenv('SLURM_PROCID', '0')
   monkeypatch.setenv('SLURM_NTASKS', 'four')
   with pytest.raises(ValueError, match='SLURM_NTASKS'):
-    parallel.multihost_environment()
+    multihost.multihost_environment()
