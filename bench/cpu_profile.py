@@ -30,7 +30,8 @@ def _op_lines(hlo: str) -> Dict[str, str]:
   for m in re.finditer(r'^\s*(?:ROOT )?%([\w.\-]+) = (\S+) (\w+)\(.*?(?:op_name="([^"]+)")?',
                        hlo, re.M):
     name, shape, kind, op_name = m.groups()
-    out[name] = f"{shape} {kind} {(op_name or '').replace('jit(train_step)/', '').replace('jit(eval_step)/', '')[-70:]}"
+    path = (op_name or '').replace('jit(train_step)/', '').replace('jit(eval_step)/', '')
+    out[name] = f'{shape} {kind} {path[-70:]}'
   return out
 
 
