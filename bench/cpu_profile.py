@@ -1,8 +1,10 @@
 """Where a CPU train step's time goes: XLA's ops by time, from one profiled step.
 
   python -m bench.cpu_profile [--model hcnn] [--batch 4] [--model_kwargs '{}'] [--top 25]
+      [--infer]
 
-Builds the train step as `bench.run` does (float32), runs it twice, then profiles one step with
+Builds the train step (or with --infer the evaluation step: forward with `train=False`, sigmoid,
+per-clip loss) as `bench.run` does (float32), runs it twice, then profiles one step with
 `jax.profiler` and sums the trace's events per XLA op (fusions, convolutions, YNNPACK fusions),
 each shown with the op that XLA's optimised HLO names for it, so that a slow op maps back to a
 layer (its `op_name` metadata). The sum of the ops can be lower than the step: the convolutions'
@@ -28,7 +30,8 @@ def _op_lines(hlo: str) -> Dict[str, str]:
   for m in re.finditer(r'^\s*(?:ROOT )?%([\w.\-]+) = (\S+) (\w+)\(.*?(?:op_name="([^"]+)")?',
                        hlo, re.M):
     name, shape, kind, op_name = m.groups()
-    out[name] = f"{shape} {kind} {(op_name or '').replace('jit(train_step)/', '')[-70:]}"
+    path = (op_name or '').replace('jit(train_step)/', '').replace('jit(eval_step)/', '')
+    out[name] = f'{shape} {kind} {path[-70:]}'
   return out
 
 
@@ -38,6 +41,8 @@ def main(argv=None) -> Dict[str, Any]:
   parser.add_argument('--batch', type=int, default=4)
   parser.add_argument('--model_kwargs', type=json.loads, default={})
   parser.add_argument('--top', type=int, default=25)
+  parser.add_argument('--infer', action='store_true',
+                      help='profile the evaluation step instead of the train step')
   args = parser.parse_args(argv)
   import jax
   import numpy as np
@@ -57,21 +62,35 @@ def main(argv=None) -> Dict[str, Any]:
   batch = parallel.shard_batch(
       {'audio': rng.uniform(-1, 1, (args.batch, length)).astype(np.float32),
        'labels': (rng.uniform(size=(args.batch, 50)) < 0.1).astype(np.float32)}, mesh)
+  task = tasks.get_task('tagging')
   start = time.perf_counter()
-  step = parallel.make_train_step(model, tasks.get_task('tagging').loss, tx, mesh).lower(
-      state, batch).compile()
+  if args.infer:
+    batch = parallel.shard_batch({'audio': np.asarray(batch['audio'])[:, None, :],
+                                  'labels': np.asarray(batch['labels']),
+                                  'mask': np.ones((args.batch,), bool)}, mesh)
+    step = parallel.make_eval_step(model, task.loss, task.predict, mesh).lower(
+        state_lib.variables(state), batch).compile()
+    variables = state_lib.variables(state)
+
+    def run_once(_):
+      return step(variables, batch)
+  else:
+    step = parallel.make_train_step(model, task.loss, tx, mesh).lower(state, batch).compile()
+
+    def run_once(prev):  # the state is donated: pass the latest one
+      return step(prev[0], batch)
   compile_s = time.perf_counter() - start
   described = _op_lines(step.as_text())
-  out = step(state, batch)
+  out = step(variables, batch) if args.infer else step(state, batch)
   seconds = []
   for _ in range(2):
     start = time.perf_counter()
-    out = step(out[0], batch)
+    out = run_once(out)
     jax.block_until_ready(out)
     seconds.append(time.perf_counter() - start)
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-      out = step(out[0], batch)
+      out = run_once(out)
       jax.block_until_ready(out)
     path = glob.glob(os.path.join(trace_dir, '**', '*perfetto_trace.json.gz'), recursive=True)[0]
     with gzip.open(path, 'rt') as f:
@@ -82,7 +101,8 @@ def main(argv=None) -> Dict[str, Any]:
     if e.get('ph') == 'X' and e.get('name') in described:
       total[e['name']] += float(e.get('dur', 0.0)) / 1e3
   ops_ms = sum(total.values())
-  print(f'{args.model} batch {args.batch}: compile {compile_s:.1f} s, steps '
+  kind = 'inference' if args.infer else 'train'
+  print(f'{args.model} {kind} batch {args.batch}: compile {compile_s:.1f} s, steps '
         f"{', '.join(f'{s:.2f}' for s in seconds)} s, ops attributed {ops_ms / 1e3:.2f} s, "
         f'load {os.getloadavg()[0]:.1f}\n')
   print('| op | ms | share of attributed | what |\n|---|---|---|---|')

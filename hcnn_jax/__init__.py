@@ -9,3 +9,4 @@ __version__ = '0.1.0'
 from hcnn_jax import speed as _speed  # noqa: E402  (XLA:CPU flags, before JAX starts a backend)
 
 _speed.apply_xla_flags()
+_speed.apply_cpu_malloc()

@@ -10,14 +10,29 @@ convolutions from YNNPACK's share and keeps its matmuls; the values differ only 
 order. Flags are read when JAX creates its CPU client, so this runs at `import hcnn_jax`, before
 any computation; a flag the user set in XLA_FLAGS is left as it is.
 
+`apply_cpu_malloc` keeps XLA:CPU's large buffers in the process instead of handing them back
+to the kernel after every step. glibc's malloc serves each allocation above 32 MB with a fresh
+mmap and returns it on free, so every step faulted in its activations page by page again: HCNN's
+inference at batch 16 took 101,800 minor page faults (~400 MB) and 0.20 s of system time a step,
+11 % of its 1.8 s of CPU time (2-core VM). With one arena, no mmap and no trimming (mallopt), the
+freed buffers are reused: 0.03 s of system time, 10 % less CPU time a step. But one heap that
+never shrinks can fragment: the full HCNN's training process peaked at 2.6-2.7 GB in three runs
+and at 4.6 and 6.4 GB in two others (2.9 GB without it), so it is opt-in: HCNN_JAX_CPU_MALLOC=1
+makes `import hcnn_jax` apply it where JAX can only run on the CPU (JAX_PLATFORMS=cpu, or no
+accelerator plugin installed), on glibc, and not when the user set any of glibc's malloc
+variables.
+
 `conv_general_dilated` is the models' 2-D convolution (`blocks.conv2d`). On the CPU, a stride-1
 convolution over at most FEW_INPUT_CHANNELS input channels (a first layer: HCNN's 6 harmonics,
 a spectrogram's 1 channel) gets its input gradient as one GEMM
 (`matmul_grad_conv.conv_matmul_input_grad`): XLA computes it as a convolution with that few
 output channels, 72 ms against 8 ms for Short-chunk CNN's first layer at batch 2, 308 against
 145 ms for HCNN's at batch 4 (2-core VM). That gradient only reaches the front-end's parameters
-(its BatchNorm, HCNN's Q), but it is part of every step. It is a custom VJP: reverse mode only,
-so forward-mode differentiation through such a model (jax.jvp, jacfwd) on the CPU raises.
+(its BatchNorm, HCNN's Q), but it is part of every step. It is a custom JVP whose tangent is
+the GEMM, so reverse mode transposes it and forward mode (jax.jvp, jacfwd) works as well.
+A convolution over an image no larger than its kernel (HCNN's layer 7: 2 × 3 positions, 3 × 3
+kernel) is one GEMM over its windows on the CPU (`matmul_grad_conv.conv_im2col`): XLA:CPU's
+convolution took 92 ms there against 2 ms (batch 16, 256 channels), ~9 % of HCNN's inference.
 
 `choices()` holds the other such choices the layers read while they are traced (pooling
 implementation, pooling before BatchNorm in training, GEMM gradients); `choose(...)` forces one
@@ -55,7 +70,7 @@ class Choices:
     on the CPU it did not pay there, bench/README.md); True / False force it everywhere.
   conv_grads: 'matmul' computes the gradients where XLA's are slow as GEMMs (Musicnn's tall
     kernels everywhere, first layers' input gradient on the CPU: `matmul_grad_conv`); 'xla'
-    leaves every convolution to XLA (then jax.jvp / jacfwd go through a model).
+    leaves every convolution to XLA.
   """
   pool_impl: str = 'argmax'
   pool_first: Optional[bool] = None
@@ -122,6 +137,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kwargs):
     from hcnn_jax.models import matmul_grad_conv  # pylint: disable=import-outside-toplevel
     return matmul_grad_conv.conv_matmul_input_grad(lhs, rhs, window_strides, padding, *args,
                                                    **kwargs)
+  if (jax.default_backend() == 'cpu' and rhs.ndim == 4 and lhs.ndim == 4
+      and lhs.shape[1] * lhs.shape[2] <= rhs.shape[0] * rhs.shape[1]):
+    # An image no larger than the kernel (NHWC / HWIO; other layouts fall back to XLA there).
+    from hcnn_jax.models import matmul_grad_conv  # pylint: disable=import-outside-toplevel
+    return matmul_grad_conv.conv_im2col(lhs, rhs, window_strides, padding, *args, **kwargs)
   return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kwargs)
 
 
@@ -134,6 +154,41 @@ def tall_conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kwargs
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kwargs)
   from hcnn_jax.models import matmul_grad_conv  # pylint: disable=import-outside-toplevel
   return matmul_grad_conv.conv_matmul_grads(lhs, rhs, window_strides, padding, *args, **kwargs)
+
+
+# mallopt parameters (glibc's malloc.h) → values, for processes that run JAX on the CPU.
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+CPU_MALLOPT: Dict[int, int] = {M_ARENA_MAX: 1, M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 2**31 - 1}
+_USER_MALLOC_VARS = ('MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_',
+                     'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TOP_PAD_')
+
+
+def _cpu_only(environ) -> bool:
+  """True when JAX can only run on the CPU here (decided without starting JAX)."""
+  platforms = environ.get('JAX_PLATFORMS', '').strip()
+  if platforms:
+    return platforms == 'cpu'
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  return all(importlib.util.find_spec(name) is None for name in ('jax_plugins', 'libtpu'))
+
+
+def apply_cpu_malloc(environ=None) -> Dict[int, int]:
+  """Sets CPU_MALLOPT with glibc's mallopt where the module docstring says; returns what it set."""
+  environ = os.environ if environ is None else environ
+  if (environ.get('HCNN_JAX_CPU_MALLOC') != '1' or not sys.platform.startswith('linux')
+      or not _cpu_only(environ)
+      or any(v in environ for v in _USER_MALLOC_VARS)
+      or 'glibc.malloc' in environ.get('GLIBC_TUNABLES', '')):
+    return {}
+  import ctypes  # pylint: disable=import-outside-toplevel
+  import platform  # pylint: disable=import-outside-toplevel
+  if platform.libc_ver()[0] != 'glibc':
+    return {}
+  try:
+    mallopt = ctypes.CDLL('libc.so.6').mallopt
+  except (OSError, AttributeError):
+    return {}
+  return {k: v for k, v in CPU_MALLOPT.items() if mallopt(k, v) == 1}
 
 
 def _backends_started() -> bool:

@@ -8,7 +8,9 @@ import pytest
 from flax import linen as nn
 from jax import lax
 
-from hcnn_jax.models.matmul_grad_conv import conv_matmul_grads, conv_matmul_input_grad
+from hcnn_jax.models import blocks
+from hcnn_jax import speed
+from hcnn_jax.models.matmul_grad_conv import conv_im2col, conv_matmul_grads, conv_matmul_input_grad
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 CASES = [  # input (B, H, W, C_in), kernel (kh, kw), padding, C_out
@@ -95,3 +97,63 @@ def test_as_a_flax_conv_it_keeps_the_parameters():
     # Other summation orders of the same products (see test_values_and_gradients_match_xla).
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
 
+
+
+@pytest.mark.parametrize('conv', [conv_matmul_grads, conv_matmul_input_grad])
+def test_forward_mode_matches_xla(conv):
+  # The GEMM gradients are a custom JVP, so jax.jvp and jacfwd work (a custom VJP raises there).
+  shape, window, padding, cout = CASES[1]
+  x, kernel = random(shape, 9), random((*window, shape[-1], cout), 10)
+  dx, dk = random(x.shape, 11), random(kernel.shape, 12)
+
+  def apply(fn):
+    return lambda x, k: fn(x, k, (1, 1), padding, dimension_numbers=NHWC)
+
+  want, want_t = jax.jvp(apply(lax.conv_general_dilated), (x, kernel), (dx, dk))
+  got, got_t = jax.jit(lambda *a: jax.jvp(apply(conv), a[:2], a[2:]))(x, kernel, dx, dk)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  # GEMM vs convolution sums of the same products; a wrong window order is O(1) off.
+  np.testing.assert_allclose(np.asarray(got_t), np.asarray(want_t), rtol=1e-4, atol=1e-4)
+  small = x[:1, :5, :4]
+  jac = jax.jacfwd(lambda x: apply(conv)(x, kernel))(small)
+  want_jac = jax.jacfwd(lambda x: apply(lax.conv_general_dilated)(x, kernel))(small)
+  np.testing.assert_allclose(np.asarray(jac), np.asarray(want_jac), rtol=1e-4, atol=1e-5)
+
+
+def test_forward_mode_through_a_first_layer_on_this_backend():
+  # blocks.conv2d's default (speed.conv_general_dilated) takes the GEMM input gradient for a
+  # first layer on the CPU; jax.jvp through such a layer (6 harmonics in, as HCNN's layer 1)
+  # agrees with XLA's plain convolution, in the parameters and in the input.
+  x = random((2, 10, 12, 6), 13)
+  fast = blocks.conv2d(8)
+  plain = blocks.conv2d(8, conv_fn=lax.conv_general_dilated)
+  variables = plain.init(jax.random.PRNGKey(0), x)
+  tangent = jax.tree.map(lambda v: random(v.shape, 14), variables)
+  dx = random(x.shape, 15)
+  want, want_t = jax.jvp(plain.apply, (variables, x), (tangent, dx))
+  got, got_t = jax.jvp(fast.apply, (variables, x), (tangent, dx))
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  np.testing.assert_allclose(np.asarray(got_t), np.asarray(want_t), rtol=1e-4, atol=1e-4)
+  assert float(jnp.abs(want_t).max()) > 0.1
+  jaxpr = str(jax.make_jaxpr(lambda v, x: fast.apply(v, x))(variables, x))
+  assert ('custom_jvp_call' in jaxpr) == (jax.default_backend() == 'cpu')
+
+
+def test_im2col_convolution_of_a_tiny_image_matches_xla():
+  # HCNN's layer 7 shape, scaled down: 2 × 3 positions under a 3 × 3 kernel.
+  x, kernel = random((3, 2, 3, 16), 16), random((3, 3, 16, 8), 17)
+  padding = ((1, 1), (1, 1))
+  want = lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=NHWC)
+  upstream = random(want.shape, 18)
+  ref_out, (ref_dx, ref_dk) = value_and_grads(lax.conv_general_dilated, x, kernel, padding,
+                                              upstream)
+  out, (dx, dk) = value_and_grads(conv_im2col, x, kernel, padding, upstream)
+  for got, ref in ((out, ref_out), (dx, ref_dx), (dk, ref_dk)):  # other sums of the same products
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-4, atol=1e-4)
+  assert float(jnp.abs(ref_out).max()) > 1.0
+  jaxpr = str(jax.make_jaxpr(lambda x, k: speed.conv_general_dilated(
+      x, k, (1, 1), padding, dimension_numbers=NHWC))(x, kernel))
+  assert ('conv_general_dilated' not in jaxpr) == (jax.default_backend() == 'cpu')
+  big = random((1, 4, 9, 16), 19)  # larger than the kernel: XLA's convolution
+  assert 'conv_general_dilated' in str(jax.make_jaxpr(lambda x, k: speed.conv_general_dilated(
+      x, k, (1, 1), padding, dimension_numbers=NHWC))(big, kernel))
