@@ -5,6 +5,7 @@ import ml_collections
 import pytest
 
 from hcnn_jax.configs import base, fake_tiny
+from tests.configs._edit import set_key
 
 
 def _leaves(config, prefix=''):
@@ -43,15 +44,8 @@ def test_every_owner_exists_and_reads_schema_keys():
 
 def _changed(**values):
   config = fake_tiny.get_config()
-  with config.unlocked():
-    for path, value in values.items():
-      node = config
-      *parents, last = path.split('__')
-      for p in parents:
-        node = node[p]
-      if last in node:
-        del node[last]  # ConfigDict keeps a key's type: a mistyped value needs a fresh key
-      node[last] = value
+  for path, value in values.items():
+    set_key(config, path.replace('__', '.'), value)
   return config
 
 

@@ -11,6 +11,7 @@ from hcnn_jax.frontends import HarmonicFrontend
 from hcnn_jax.models import (Classifier, default_input_length, get_frontend, get_model,
                              list_models, registry)
 from hcnn_jax.models.hcnn import HCNNBackend
+from tests.configs._edit import set_key
 
 
 def test_hcnn_models_and_their_input_lengths():
@@ -125,14 +126,7 @@ def test_check_config_names_the_key_in_one_line():
            ('dtype', 'float16', "dtype: config dtype 'float16' is not supported")]
   for path, value, message in cases:
     changed = fake_tiny.get_config()
-    with changed.unlocked():
-      node = changed
-      *parents, last = path.split('.')
-      for p in parents:
-        node = node[p]
-      if last in node:
-        del node[last]  # ConfigDict keeps a key's type: a mistyped value needs a fresh key
-      node[last] = value
+    set_key(changed, path, value)
     with pytest.raises(ValueError) as err:
       registry.check_config(changed)
     assert str(err.value).startswith(message), (path, str(err.value))
