@@ -228,6 +228,7 @@ def test_timbral_bank_computes_the_same_either_way():
     assert_close_tree(without_conv_bias(grads0), without_conv_bias(grads), 1e-4)
 
 
+@pytest.mark.slow  # compile-bound (a Musicnn train step per setting): 25 s on 2 cores
 def test_musicnn_defaults_and_equal_inference():
   audio = jax.random.uniform(jax.random.PRNGKey(0), (2, 16_000), minval=-1, maxval=1)
   # Short kernels keep the compile quick; the defaults under test do not depend on them.
@@ -245,6 +246,7 @@ def test_unknown_conv_grads_fails_when_forced():
       pass
 
 
+@pytest.mark.slow  # compile-bound (two train steps per model): 30-40 s each on 2 cores
 @pytest.mark.parametrize('name,kw,length', [
     ('hcnn', dict(width=4, variant='keywords'), 16_000),
     ('fcn', dict(channels=(4, 4, 4, 4, 4)), None),
