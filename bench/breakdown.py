@@ -82,8 +82,7 @@ def _measure(model_name: str, variant: Dict[str, Any], *, batch: int, dtype: str
   task = tasks.get_task('tagging')
   tx = optax.chain(optax.add_decayed_weights(1e-4), optax.adam(1e-4))
   mesh = parallel.make_mesh()
-  state = parallel.replicate(
-      state_lib.create_train_state(model, tx, jax.random.PRNGKey(0), length), mesh)
+  state = common.replicated_state(model, tx, length, mesh)
   rng = np.random.default_rng(0)
   audio = rng.uniform(-1, 1, (batch, length)).astype(np.float32)
   labels = (rng.uniform(size=(batch, 50)) < 0.1).astype(np.float32)
@@ -215,22 +214,17 @@ def main(argv=None) -> Dict[str, Any]:
 
   kernels: Dict[str, List[Dict[str, Any]]] = {}
   if args.trace:
-    import numpy as np
     import optax
     from hcnn_jax import speed, tasks
     from hcnn_jax.models import default_input_length, get_model
-    from hcnn_jax.training import parallel, precision, state as state_lib
+    from hcnn_jax.training import parallel, precision
     first, choices, _ = split_variant(next(iter(variants.values())))
     length = default_input_length(args.model)
     model = get_model(args.model, 50, **precision.model_kwargs(args.dtype, **first))
     tx = optax.adam(1e-4)
     mesh = parallel.make_mesh()
-    state = parallel.replicate(
-        state_lib.create_train_state(model, tx, jax.random.PRNGKey(0), length), mesh)
-    rng = np.random.default_rng(0)
-    batch = parallel.shard_batch(
-        {'audio': rng.uniform(-1, 1, (args.batch, length)).astype(np.float32),
-         'labels': (rng.uniform(size=(args.batch, 50)) < 0.1).astype(np.float32)}, mesh)
+    state = common.replicated_state(model, tx, length, mesh)
+    batch = common.random_batch(args.batch, length, 50, mesh)
     step = parallel.make_train_step(model, tasks.get_task('tagging').loss, tx, mesh)
 
     def args_fn(out):

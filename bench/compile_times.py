@@ -37,24 +37,18 @@ TINY: Dict[str, Dict[str, Any]] = {
 
 
 def measure(model_name: str, batch: int) -> Dict[str, Any]:
-  import jax
-  import numpy as np
   import optax
 
   from hcnn_jax import tasks
   from hcnn_jax.models import default_input_length, get_model
-  from hcnn_jax.training import parallel, state as state_lib
+  from hcnn_jax.training import parallel
 
   length = default_input_length(model_name)
   model = get_model(model_name, 50, **TINY.get(model_name, {}))
   tx = optax.chain(optax.add_decayed_weights(1e-4), optax.adam(1e-4))
   mesh = parallel.make_mesh()
-  state = parallel.replicate(
-      state_lib.create_train_state(model, tx, jax.random.PRNGKey(0), length), mesh)
-  rng = np.random.default_rng(0)
-  data = parallel.shard_batch({'audio': rng.uniform(-1, 1, (batch, length)).astype(np.float32),
-                               'labels': (rng.uniform(size=(batch, 50)) < 0.1).astype(np.float32)},
-                              mesh)
+  state = common.replicated_state(model, tx, length, mesh)
+  data = common.random_batch(batch, length, 50, mesh)
   step = parallel.make_train_step(model, tasks.get_task('tagging').loss, tx, mesh)
   start = time.perf_counter()
   lowered = step.lower(state, data)

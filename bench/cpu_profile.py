@@ -23,6 +23,8 @@ import tempfile
 import time
 from typing import Any, Dict
 
+from bench import common
+
 
 def _op_lines(hlo: str) -> Dict[str, str]:
   """op name → a short description: its shape, kind and the model path in its metadata."""
@@ -56,12 +58,8 @@ def main(argv=None) -> Dict[str, Any]:
   model = get_model(args.model, 50, **args.model_kwargs)
   tx = optax.chain(optax.add_decayed_weights(1e-4), optax.adam(1e-4))
   mesh = parallel.make_mesh()
-  state = parallel.replicate(
-      state_lib.create_train_state(model, tx, jax.random.PRNGKey(0), length), mesh)
-  rng = np.random.default_rng(0)
-  batch = parallel.shard_batch(
-      {'audio': rng.uniform(-1, 1, (args.batch, length)).astype(np.float32),
-       'labels': (rng.uniform(size=(args.batch, 50)) < 0.1).astype(np.float32)}, mesh)
+  state = common.replicated_state(model, tx, length, mesh)
+  batch = common.random_batch(args.batch, length, 50, mesh)
   task = tasks.get_task('tagging')
   start = time.perf_counter()
   if args.infer:

@@ -77,7 +77,7 @@ def main(argv=None) -> Dict[str, Any]:
   from hcnn_jax import tasks
   from hcnn_jax.data import in_memory, pipeline, sources
   from hcnn_jax.models import default_input_length, get_model
-  from hcnn_jax.training import parallel, precision, state as state_lib
+  from hcnn_jax.training import parallel, precision
 
   if args.dataset and not args.data_dir:
     parser.error('--dataset reads a prepared dataset: give its --data_dir')
@@ -103,8 +103,7 @@ def main(argv=None) -> Dict[str, Any]:
   task = tasks.get_task('tagging')
   tx = optax.chain(optax.add_decayed_weights(1e-4), optax.adam(1e-4))
   mesh = parallel.make_mesh()
-  state = parallel.replicate(
-      state_lib.create_train_state(model, tx, jax.random.PRNGKey(0), length), mesh)
+  state = common.replicated_state(model, tx, length, mesh)
   step = parallel.make_train_step(model, task.loss, tx, mesh)
 
   def run(next_batch, steps):
@@ -116,10 +115,7 @@ def main(argv=None) -> Dict[str, Any]:
         jax.device_get(metrics)  # the loop's periodic read-back (loss, grad norm, guard)
     jax.block_until_ready(state)
 
-  rng = np.random.default_rng(0)
-  fixed = parallel.shard_batch(
-      {'audio': rng.uniform(-1, 1, (args.batch, length)).astype(np.float32),
-       'labels': (rng.uniform(size=(args.batch, num_classes)) < 0.1).astype(np.float32)}, mesh)
+  fixed = common.random_batch(args.batch, length, num_classes, mesh)
   run(lambda: fixed, args.warmup)
   t = time.perf_counter()
   run(lambda: fixed, args.steps)
