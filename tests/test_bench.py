@@ -235,3 +235,35 @@ def test_compile_times_has_a_tiny_setting_for_every_registered_model():
   assert set(compile_times.TINY) == set(list_models())
   for name, kwargs in compile_times.TINY.items():
     get_model(name, 3, **kwargs)  # options the builder accepts
+
+
+def test_train_parity_gives_the_twin_our_learning_rate_schedule():
+  """The torch side's LambdaLR factor is optax's warmup-cosine schedule (ours) at every update."""
+  import optax
+  from bench import train_parity
+  peak, warmup, total = 2e-3, 93, 744
+  ours = optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, 0.0)
+  for step in (0, 1, 50, 92, 93, 94, 400, 743, 744, 800):
+    assert math.isclose(peak * train_parity._lr_factor(step, warmup, total), float(ours(step)),
+                        rel_tol=1e-5, abs_tol=1e-9), step
+
+
+@pytest.mark.slow
+def test_train_parity_runs_both_sides_on_a_tiny_set(tmp_path):
+  """Both sides end to end (synth_gm/tiny, width 4, 2 epochs of 1 step, 2 seeds): rows, the
+  per-tag tables over seeds and the criterion."""
+  pytest.importorskip('torch')
+  from bench import train_parity
+  out = train_parity.main(['--seeds', '0,1', '--width', '4', '--num_epochs', '2',
+                           '--config_name', 'tiny', '--data_dir', str(tmp_path / 'tfds'),
+                           '--workdir', str(tmp_path / 'runs'), '--eval_chunks', '2',
+                           '--json', str(tmp_path / 'parity.json')])
+  assert [(r['side'], r['seed']) for r in out['rows']] == [
+      ('jax', 0), ('torch', 0), ('jax', 1), ('torch', 1)]
+  for row in out['rows']:
+    assert 0.0 <= row['roc_auc'] <= 1.0 and 0.0 <= row['instrument_roc_auc'] <= 1.0, row
+    assert len(row['per_tag_roc_auc']) == 26 and row['best_epoch'] in (1, 2), row
+  assert isinstance(out['summary']['meets_criterion'], bool)
+  saved = json.load(open(tmp_path / 'parity.json', encoding='utf-8'))
+  assert saved['summary']['jax_minus_torch_roc_auc'] == pytest.approx(
+      out['summary']['jax']['roc_auc']['mean'] - out['summary']['torch']['roc_auc']['mean'])
