@@ -22,8 +22,9 @@ XDG_CACHE_HOME and none of the caller's JAX_COMPILATION_CACHE_* settings. Report
 variant's min and median, the ratios before / after, the machine's load average (os.getloadavg)
 around each run, and where a fresh process spends its time (`phases`: imports, restore, trace,
 compile or cache load, decode and score). Without --workdir a stand-in for the demo's checkpoint
-is written (hcnn_synth_tiny's HCNN, 16 channels and 6 harmonics, 26 tags, initial weights: the
-timing does not depend on what the weights are).
+is written (hcnn_synth_tiny's HCNN, 6 harmonics, 26 tags, initial weights: the timing does not
+depend on what the weights are; it had 16 channels when bench/README's figures were measured, 32
+since the demo recipe changed).
 """
 from __future__ import annotations
 

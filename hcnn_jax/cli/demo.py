@@ -6,7 +6,7 @@ never heard.
 
 1. Builds `synth_gm` (1,500 / 250 / 250 General-MIDI clips of 8 s, 26 tags, rendered offline) into
    --data_dir unless it is there already (about a minute; needs the [render] extra).
-2. Trains `hcnn_jax/configs/hcnn_synth_tiny.py` (about 6 minutes on 2 CPU cores); running the
+2. Trains `hcnn_jax/configs/hcnn_synth_tiny.py` (about 10 minutes on 2 CPU cores); running the
    command again resumes or, when finished, only re-evaluates.
 3. Evaluates the best checkpoint on the test split, 16 chunks per clip as in the papers, and prints
    macro ROC-AUC / PR-AUC beside the per-tag-prior baseline on the same clips (a model that always
