@@ -139,6 +139,13 @@ class DecodedSource:
       self._audio = None
       self._finalizer()
 
+  def remove_file(self) -> None:
+    """Removes the file now, without waiting for garbage collection: a read-ahead thread of the
+    loader can hold this object after training returns. Reads in this process keep working (the
+    file stays mapped until the object goes); processes that have not mapped it yet cannot."""
+    if self._finalizer is not None:
+      self._finalizer()
+
   def __repr__(self) -> str:
     share = '' if self._indices is None else f' of {self._size}'
     return (f'DecodedSource({self.num_decoded}{share} tracks, {self.nbytes / 2**20:,.0f} MiB in '

@@ -189,7 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   ckpts = ckpt_lib.RunCheckpoints(workdir, max_to_keep=int(config.get('checkpoints_to_keep')
                                                            or 2))
-  writer = None
+  writer = decoded = None
   try:
     book = _fresh_book()
     rng = jax.random.PRNGKey(int(config.seed))
@@ -216,7 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     shard_index, shard_count = parallel.data_shard(mesh)
     if config.get('data_in_memory'):
       t = time.time()
-      train_source = in_memory.DecodedSource(
+      train_source = decoded = in_memory.DecodedSource(
           train_source, name=f'the train split of {config.dataset.name!r}',
           indices=pipeline.shard_tracks(len(train_source), batch_size, int(config.seed),
                                         shard_index, shard_count))
@@ -329,6 +329,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     if writer is not None:
       writer.close()
     ckpts.close()  # finishes pending saves: a failed run keeps its last good checkpoint
+    if decoded is not None:
+      decoded.remove_file()
 
 
 # ----------------------------------------------------------------------------- evaluation only

@@ -66,6 +66,20 @@ def test_file_goes_in_the_given_directory_and_close_removes_it(fake, tmp_path):
   src.close()  # a second close is harmless
 
 
+def test_remove_file_unlinks_now_and_this_process_still_reads(fake, tmp_path):
+  """What the trainer calls when it returns: a loader's read-ahead thread may still hold the
+  source then (so garbage collection would come late), and may still read from it."""
+  src = in_memory.DecodedSource(fake, threads=1, directory=str(tmp_path))
+  copy = pickle.loads(pickle.dumps(src))
+  copy.remove_file()  # not the owner: does nothing
+  assert len(_files(tmp_path)) == 1
+  src.remove_file()
+  assert _files(tmp_path) == []
+  _assert_same_records(src, fake)  # the mapping outlives the name
+  src.remove_file()
+  src.close()  # both harmless after the file is gone
+
+
 def test_default_directory_is_shared_memory_and_garbage_collection_removes_the_file(fake):
   src = in_memory.DecodedSource(fake, threads=2)
   path = src._path
