@@ -36,28 +36,27 @@ DEFAULT_HARMONICS = (1, 2, 3, 4, 5, 6, 7)
 COLUMNS = ('H', 'parameters', 'roc_auc', 'pr_auc', 'train_clips_per_sec')
 
 
-def parse_harmonics(text: str) -> List[int]:
-  """'1,2,3' → [1, 2, 3]; ValueError unless distinct positive integers."""
+def _distinct_ints(text: str, flag: str, minimum: int, example: str) -> List[int]:
+  """'1,2,3' → [1, 2, 3]; ValueError naming `flag` unless distinct integers >= minimum."""
   try:
     values = [int(v) for v in str(text).split(',') if v.strip()]
   except ValueError:
-    raise ValueError(f'--harmonics {text!r}: give comma-separated integers, e.g. 1,2,3') from None
-  if not values or min(values) < 1 or len(set(values)) != len(values):
-    raise ValueError(f'--harmonics {text!r}: give distinct integers >= 1')
+    raise ValueError(f'{flag} {text!r}: give comma-separated integers, e.g. {example}') from None
+  if not values or min(values) < minimum or len(set(values)) != len(values):
+    raise ValueError(f'{flag} {text!r}: give distinct integers >= {minimum}')
   return values
+
+
+def parse_harmonics(text: str) -> List[int]:
+  """'1,2,3' → [1, 2, 3]; ValueError unless distinct positive integers."""
+  return _distinct_ints(text, '--harmonics', 1, '1,2,3')
 
 
 def parse_seeds(text: str) -> Optional[List[int]]:
   """'0,1,2' → [0, 1, 2]; '' → None (one run per H with the config's seed)."""
   if not str(text).strip():
     return None
-  try:
-    values = [int(v) for v in str(text).split(',') if v.strip()]
-  except ValueError:
-    raise ValueError(f'--seeds {text!r}: give comma-separated integers, e.g. 0,1,2') from None
-  if len(set(values)) != len(values) or min(values) < 0:
-    raise ValueError(f'--seeds {text!r}: give distinct integers >= 0')
-  return values
+  return _distinct_ints(text, '--seeds', 0, '0,1,2')
 
 
 def harmonic_config(config, n_harmonic: int, seed: Optional[int] = None):
