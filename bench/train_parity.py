@@ -80,7 +80,7 @@ def _torch_predict(model, batches) -> Dict[str, np.ndarray]:
           (('probs', probs), ('loss', losses), ('labels', labels))}
 
 
-def train_torch(config, eval_chunks: int, class_names: List[str]) -> Dict[str, Any]:
+def train_torch(config, eval_chunks: int) -> Dict[str, Any]:
   """The twin trained with `config`'s recipe on our loader's batches; test metrics of its best
   epoch (lowest validation loss)."""
   import torch
@@ -90,8 +90,9 @@ def train_torch(config, eval_chunks: int, class_names: List[str]) -> Dict[str, A
   from hcnn_jax import metrics
 
   ds, opt = config.dataset, config.optimizer
-  load = lambda split: sources.load(ds.name, split, ds.data_dir, ds.config_name)[0]
-  train, val, test = load('train'), load('validation'), load('test')
+  load = lambda split: sources.load(ds.name, split, ds.data_dir, ds.config_name)
+  (train, meta), (val, _), (test, _) = load('train'), load('validation'), load('test')
+  class_names = [str(c) for c in meta['class_names']]
   torch.manual_seed(int(config.seed))
   model = torch_hcnn.HarmonicCNN(int(config.model.kwargs.width), len(class_names),
                                  int(config.model.kwargs.n_harmonic))
@@ -233,10 +234,7 @@ def main(argv=None) -> Dict[str, Any]:
         config.eval_chunks = args.eval_chunks
         result = loop.evaluate(config, workdir, split='test')
       else:
-        from hcnn_jax.data import sources
-        meta = sources.load('synth_gm', 'test', args.data_dir, args.config_name)[1]
-        names = meta['class_names']
-        result = train_torch(config, args.eval_chunks, [str(c) for c in names])
+        result = train_torch(config, args.eval_chunks)
       rows.append(_row(side, seed, result, time.perf_counter() - t))
       print(json.dumps({k: v for k, v in rows[-1].items() if not k.startswith('per_tag')}),
             flush=True)
