@@ -7,6 +7,7 @@
 #   bash bench/gpu_pending.sh zoo              # about 4 minutes
 #   bash bench/gpu_pending.sh e2e              # about 6 minutes (most of it building the set)
 #   bash bench/gpu_pending.sh xla              # about 4 minutes
+#   bash bench/gpu_pending.sh fused            # about 6 minutes (issue 17: the fused layer 1)
 # A failed step is logged and the next one still runs.
 set -u
 OUT=${OUT:-bench/results/pending}
@@ -63,6 +64,25 @@ for step in "${steps[@]}"; do
         run breakdown_hcnn_conv_fusion bench.breakdown --model hcnn --batch 256 \
           --dtype bfloat16 --steps 20 --variants '{"base": {}, "fold_bn": {"fold_bn": true}}' \
           --trace "$OUT/trace_hcnn_conv_fusion" --json "$OUT/breakdown_hcnn_conv_fusion.json" ;;
-    *) echo "unknown step $step (hcnn, musicnn, zoo, e2e, xla)" ;;
+    fused)  # The fused layer-1 kernel (hcnn_jax/models/fused_conv_pool.py): its parity and
+            # speed alone at HCNN's layer-1 shape, its interpret-mode tests compiled by Triton
+            # here, then the whole HCNN train step with and without it, and with XLA's cuDNN
+            # conv fusions (see xla). At most 8 files come back: no traces.
+      LIMIT=150 run fused_layer1 bench.fused_layer1 --batch 256 --json "$OUT/fused_layer1.json"
+      echo "== fused_tests: pytest tests/models/test_fused_conv_pool.py (kernel-level)"
+      timeout 150 python -m pytest -q -p no:cacheprovider tests/models/test_fused_conv_pool.py \
+          -k 'match_xla or statistics' > "$OUT/fused_tests.log" 2>&1 || echo "   (exit $?)"
+      tail -n 3 "$OUT/fused_tests.log"
+      variants='{"base": {}, "pool_first": {"speed": {"pool_first": true}},
+                 "fused": {"speed": {"fused_conv_pool": true}}}'
+      LIMIT=200 run breakdown_hcnn_fused bench.breakdown --model hcnn --batch 256 \
+          --dtype bfloat16 --steps 20 --variants "$variants" \
+          --json "$OUT/breakdown_hcnn_fused.json"
+      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_experimental_enable_conv_fusion=true" LIMIT=150 \
+        run breakdown_hcnn_fused_conv_fusion bench.breakdown --model hcnn --batch 256 \
+          --dtype bfloat16 --steps 20 \
+          --variants '{"base": {}, "fused": {"speed": {"fused_conv_pool": true}}}' \
+          --json "$OUT/breakdown_hcnn_fused_conv_fusion.json" ;;
+    *) echo "unknown step $step (hcnn, musicnn, zoo, e2e, xla, fused)" ;;
   esac
 done

@@ -71,10 +71,14 @@ class Choices:
   conv_grads: 'matmul' computes the gradients where XLA's are slow as GEMMs (Musicnn's tall
     kernels everywhere, first layers' input gradient on the CPU: `matmul_grad_conv`); 'xla'
     leaves every convolution to XLA.
+  fused_conv_pool: in training, a `ConvBlock2d` over few channels with a 2×2 pool (HCNN's
+    layer 1) runs as one kernel that never stores its conv output (`fused_conv_pool`: Pallas
+    Triton on GPUs, interpret mode elsewhere, which is for tests).
   """
   pool_impl: str = 'argmax'
   pool_first: Optional[bool] = None
   conv_grads: str = 'matmul'
+  fused_conv_pool: bool = False
 
   def __post_init__(self):
     if self.pool_impl not in ('argmax', 'reshape'):
@@ -83,6 +87,8 @@ class Choices:
       raise ValueError(f'pool_first must be None, True or False, got {self.pool_first!r}.')
     if self.conv_grads not in ('xla', 'matmul'):
       raise ValueError(f"conv_grads must be one of ('xla', 'matmul'), got {self.conv_grads!r}.")
+    if self.fused_conv_pool not in (True, False):
+      raise ValueError(f'fused_conv_pool must be True or False, got {self.fused_conv_pool!r}.')
 
   def pools_first(self, layer_default: bool) -> bool:
     return layer_default if self.pool_first is None else self.pool_first

@@ -10,13 +10,14 @@ Conventions that keep the ports faithful to the PyTorch references:
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from hcnn_jax import speed
+from hcnn_jax.models import fused_conv_pool
 from hcnn_jax.models.pooling import (  # noqa: F401  (re-exported: the blocks' public API)
     POOL_IMPLS, Pool, max_pool, max_pool_argmax, pool_fn, pool_pair)
 
@@ -77,31 +78,49 @@ class BatchNormReLUPool(nn.Module):
   epsilon: float = 1e-5
 
   @nn.compact
-  def __call__(self, x):
-    c = x.shape[-1]
+  def __call__(self, x, conv: Optional[Tuple[Any, Any]] = None):
+    """x: the pre-pool tensor; or, in training with conv = (kernel, bias), the input of a 3×3
+    conv that `fused_conv_pool` computes with the statistics and the pool in one kernel."""
+    c = x.shape[-1] if conv is None else conv[0].shape[-1]
     scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
     ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
     ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
-    if self.train:
-      xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-      axes = tuple(range(x.ndim - 1))
-      moments = jnp.stack([xf.mean(axes), (xf * xf).mean(axes)])
-      if self.axis_name is not None and not self.is_initializing():
-        moments = jax.lax.pmean(moments, self.axis_name)
-      mean, var = moments[0], jnp.maximum(0.0, moments[1] - moments[0] * moments[0])
-      if not self.is_initializing():
-        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-    else:
+    if not self.train:
       # Without batch statistics there is no backward pass to shrink, and the reference order
       # is one fused pass (on the CPU, Musicnn inferred 11 % slower pooling first).
       y = (x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
       return pool_fn(self.pool_impl)(nn.relu(y.astype(self.dtype)), self.pool)
     sign = jax.lax.stop_gradient(jnp.where(scale < 0, -1, 1).astype(x.dtype))
-    pooled = sign * pool_fn(self.pool_impl)(sign * x, self.pool)
+    if conv is None:
+      xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+      axes = tuple(range(x.ndim - 1))
+      moments = jnp.stack([xf.mean(axes), (xf * xf).mean(axes)])
+      pooled = sign * pool_fn(self.pool_impl)(sign * x, self.pool)
+    else:
+      pooled, s1, s2 = fused_conv_pool.conv_pool_sums(x, conv[0], conv[1], sign)
+      moments = jnp.stack([s1, s2]) / (x.shape[0] * x.shape[1] * x.shape[2])
+    if self.axis_name is not None and not self.is_initializing():
+      moments = jax.lax.pmean(moments, self.axis_name)
+    mean, var = moments[0], jnp.maximum(0.0, moments[1] - moments[0] * moments[0])
+    if not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     y = (pooled - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
     return nn.relu(y.astype(self.dtype))
+
+
+class ConvParams(nn.Module):
+  """The variables of `conv2d(features)` over `in_features` channels, without the conv: for
+  blocks whose training pass computes the conv elsewhere (same names, init and dtype)."""
+  features: int
+  kernel_size: Tuple[int, int] = (3, 3)
+
+  @nn.compact
+  def __call__(self, in_features: int):
+    kernel = self.param('kernel', torch_kernel_init,
+                        (*self.kernel_size, in_features, self.features), jnp.float32)
+    return kernel, self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
 
 
 # The 2-D blocks whose BatchNorms `fold_batchnorm` folds: exactly these variable names in a scope.
@@ -178,8 +197,9 @@ class ConvBlock2d(nn.Module):
   """conv3×3 → BN → ReLU → max-pool (sota's Conv_2d).
 
   How it pools (`speed.choices()`): 'pool_first' computes it in training as conv → max-pool →
-  BN → ReLU (`BatchNormReLUPool`, the same outputs with less memory traffic). On variables from
-  `fold_batchnorm` it is conv → ReLU → max-pool.
+  BN → ReLU (`BatchNormReLUPool`, the same outputs with less memory traffic); 'fused_conv_pool'
+  computes conv, statistics and pool in one kernel where `fused_conv_pool.supported` (HCNN's
+  layer 1). On variables from `fold_batchnorm` it is conv → ReLU → max-pool.
   """
   features: int
   pool: Pool = 2
@@ -190,8 +210,16 @@ class ConvBlock2d(nn.Module):
   def __call__(self, x, train: bool = False):
     if _bn_folded(self, train):
       return _pool(nn.relu(conv2d(self.features, dtype=self.dtype)(x)), self.pool)
-    x = conv2d(self.features, dtype=self.dtype)(x)
     choice = speed.choices()
+    if (train and choice.fused_conv_pool and not self.is_initializing()
+        and fused_conv_pool.supported(x.shape, (3, 3, x.shape[-1], self.features),
+                                      pool_pair(self.pool) or (1, 1)) is None):
+      kernel, bias = ConvParams(self.features, name='Conv_0')(x.shape[-1])
+      return BatchNormReLUPool(self.pool, train, self.bn_axis_name, self.dtype, choice.pool_impl,
+                               name='BatchNorm_0')(
+                                   x.astype(self.dtype),
+                                   conv=(kernel.astype(self.dtype), bias.astype(self.dtype)))
+    x = conv2d(self.features, dtype=self.dtype)(x)
     if choice.pools_first(False) and pool_pair(self.pool) not in (None, (1, 1)):
       return BatchNormReLUPool(self.pool, train, self.bn_axis_name, self.dtype, choice.pool_impl,
                                name='BatchNorm_0')(x)
