@@ -112,6 +112,61 @@ def timings(batch: int, frames: int, width: int, dtype: str, steps: int,
   return out
 
 
+def sweep(batch: int, frames: int, width: int, dtype: str, steps: int, repeats: int,
+          tiles=(16, 32, 64, 128), warps=((4, 8), (8, 8), (4, 4))) -> List[Dict[str, Any]]:
+  """ms of the forward kernel, the backward kernel (dc) and XLA's conv gradients of dc, per
+  (pooled columns per program, (forward warps, backward warps)); XLA's conv alone as a floor."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from jax import lax
+  from hcnn_jax.models import fused_conv_pool as fcp
+
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(0, 1, (batch, 128, frames, 6)), dtype)
+  kernel = jnp.asarray(rng.normal(0, 0.2, (3, 3, 6, width)), jnp.float32)
+  bias = jnp.zeros(width, dtype)
+  sign = jnp.ones(width, dtype)
+  g = jnp.ones((batch, 64, frames // 2, width), dtype)
+  g1 = jnp.zeros(width, jnp.float32)
+
+  def clock(fn, *args):
+    fn = jax.jit(fn)
+    jax.block_until_ready(fn(*args))
+    out = []
+    for _ in range(repeats):
+      t = time.perf_counter()
+      for _ in range(steps):
+        res = fn(*args)
+      jax.block_until_ready(res)
+      out.append(1e3 * (time.perf_counter() - t) / steps)
+    return statistics.median(out)
+
+  conv = lambda x, k: lax.conv_general_dilated(  # noqa: E731
+      x, k.astype(x.dtype), (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  rows = [{'config': 'xla conv forward', 'ms': clock(conv, x, kernel)}]
+  _, vjp = jax.vjp(conv, x, kernel)
+  dc = jnp.ones((batch, 128, frames, width), dtype)
+  rows.append({'config': 'xla conv gradients (dx, dw)', 'ms': clock(lambda d: vjp(d), dc)})
+  saved = fcp.BT, fcp.WARPS
+  try:
+    for bt in tiles:
+      for w in warps:
+        fcp.BT, fcp.WARPS = bt, w
+        row = {'config': f'BT {bt}, warps {w}'}
+        try:
+          row['forward_ms'] = clock(lambda *a: fcp._forward(*a), x, kernel, bias, sign)  # pylint: disable=protected-access
+          row['dc_ms'] = clock(lambda *a: fcp._conv_output_grad(*a), x, kernel, bias, sign, g,  # pylint: disable=protected-access
+                               g1, g1)
+        except Exception as e:  # pylint: disable=broad-except
+          row['error'] = str(e).split('\n')[0][:120]
+        rows.append(row)
+        print(row, flush=True)
+  finally:
+    fcp.BT, fcp.WARPS = saved
+  return rows
+
+
 def main(argv=None) -> Dict[str, Any]:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--batch', type=int, default=256)
@@ -122,12 +177,22 @@ def main(argv=None) -> Dict[str, Any]:
   parser.add_argument('--steps', type=int, default=20)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--json', default=None)
+  parser.add_argument('--sweep', action='store_true',
+                      help='time the two kernels alone per tile size and warps (first dtype)')
   args = parser.parse_args(argv)
   import jax
   result: Dict[str, Any] = {'device': str(jax.devices()[0].device_kind),
                             'backend': jax.default_backend(), 'jax': jax.__version__,
                             'args': vars(args), 'parity': {}, 'ms': {}}
-  for dtype in args.dtypes.split(','):
+  if args.sweep:
+    result['sweep'] = rows = sweep(args.batch, args.frames, args.width,
+                                   args.dtypes.split(',')[0], args.steps, args.repeats)
+    print('\n| config | ms | forward kernel ms | dc kernel ms |\n|---|---:|---:|---:|')
+    for r in rows:
+      print(f"| {r['config']} | {r.get('ms', '')} | {r.get('forward_ms', r.get('error', ''))} "
+            f"| {r.get('dc_ms', '')} |")
+    args.dtypes = ''
+  for dtype in filter(None, args.dtypes.split(',')):
     result['parity'][dtype] = p = parity(args.parity_batch, args.frames, args.width, dtype)
     print(f'\n| {dtype}, batch {args.parity_batch}: max |Δ| / max |exact| | '
           + ' | '.join(p['fused']) + ' |')

@@ -95,7 +95,8 @@ class Choices:
 
 
 # jax.default_backend() → its choices; a backend not listed gets Choices(). The GPU figures of
-# bench/gpu_pending.sh decide whether the GPU gets other ones.
+# bench/gpu_pending.sh decide whether the GPU gets other ones: fused_conv_pool made the H200's
+# HCNN train step slower (4,593 against 7,972 clips/s, bench/README.md), so it stays off.
 BACKEND_CHOICES: Dict[str, Choices] = {'cpu': Choices()}
 
 _FORCED = None  # jax config state of the forced Choices, made on first use (it imports JAX)

