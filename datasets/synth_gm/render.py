@@ -54,6 +54,10 @@ SOUNDFONTS = {s.name: s for s in (
     Soundfont('MuseScore_General', '/usr/share/sounds/sf3/MuseScore_General_Lite.sf3',
               'apt-get install musescore-general-soundfont-small (or: make soundfonts)',
               gain_db=3.0),
+    # Csound's GM bank (sf_GMbank.sf2, 4.2 MB), Debian csound-soundfont: a training bank only
+    # (`<config>_multibank`); 24 of its 128 programs play TimGM6mb's very samples.
+    Soundfont('Csound_GM', '/usr/share/sounds/sf2/sf_GMbank.sf2',
+              'apt-get install csound-soundfont (or: make soundfonts)', gain_db=0.2),
 )}
 
 

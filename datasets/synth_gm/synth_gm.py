@@ -61,6 +61,14 @@ class SynthGmConfig(tfds.core.BuilderConfig):
   # A key of render.SOUNDFONTS; another bank changes only the rendering, never the scores.
   soundfont: str = render.DEFAULT_SOUNDFONT
   splits: Tuple[str, ...] = ('train', 'validation', 'test')
+  # Banks that render the train and validation clips in turn (clip i: bank i mod n); the test
+  # split stays `soundfont`. Empty: every split is `soundfont`.
+  train_soundfonts: Tuple[str, ...] = ()
+
+  def bank(self, split: str, index: int) -> str:
+    if self.train_soundfonts and split != 'test':
+      return self.train_soundfonts[index % len(self.train_soundfonts)]
+    return self.soundfont
 
   def split_sizes(self) -> Dict[str, int]:
     sizes = {'train': self.num_train, 'validation': self.num_validation, 'test': self.num_test}
@@ -78,10 +86,22 @@ def _other_soundfont(base: SynthGmConfig, suffix: str, soundfont: str) -> SynthG
 
 # Suffix of the companion configs -> soundfont (render.SOUNDFONTS).
 OTHER_SOUNDFONTS = {'fluidr3': 'FluidR3_GM', 'musescore': 'MuseScore_General'}
+# The training banks of `<config>_multibank`: none of them renders a companion's test split.
+MULTIBANK = ('TimGM6mb', 'Csound_GM')
+
+
+def _multibank(base: SynthGmConfig) -> SynthGmConfig:
+  """`base` with its train and validation clips rendered by MULTIBANK in turn."""
+  return dataclasses.replace(
+      base, name=f'{base.name}_multibank', train_soundfonts=MULTIBANK,
+      description=f'`{base.name}` (the same scores, ids and test split) with its train and '
+      f'validation clips rendered by {" and ".join(MULTIBANK)} in turn, so that a model meets '
+      'each instrument in more than one bank.')
 
 
 def _validate(config: SynthGmConfig) -> None:
-  render.soundfont_path(config.soundfont)  # an unknown or missing bank fails before any work
+  for bank in (config.soundfont, *config.train_soundfonts):
+    render.soundfont_path(bank)  # an unknown or missing bank fails before any work
   for split, n in config.split_sizes().items():
     if n < 1:
       raise ValueError(f'synth_gm config {config.name!r}: num_{split} must be >= 1, got {n}.')
@@ -119,7 +139,8 @@ class SynthGm(tfds.core.ShardBasedBuilder):
   ]
   BUILDER_CONFIGS = _BASE_CONFIGS + [
       _other_soundfont(base, suffix, soundfont)
-      for base in _BASE_CONFIGS for suffix, soundfont in OTHER_SOUNDFONTS.items()]
+      for base in _BASE_CONFIGS for suffix, soundfont in OTHER_SOUNDFONTS.items()] + [
+          _multibank(base) for base in _BASE_CONFIGS]
   DEFAULT_BUILDER_CONFIG_NAME = 'default'
 
   def __init__(self, *, num_workers: Optional[int] = None, **kwargs):
@@ -184,10 +205,13 @@ class SynthGm(tfds.core.ShardBasedBuilder):
     if self.builder_config.soundfont != render.DEFAULT_SOUNDFONT:
       # Only the companion configs name their bank, so tiny/default/large write what they wrote.
       meta['soundfont'] = _describe_soundfont(self.builder_config.soundfont)
+    if self.builder_config.train_soundfonts:
+      meta['train_soundfonts'] = [_describe_soundfont(b)
+                                  for b in self.builder_config.train_soundfonts]
 
   def _shard(self, split: str, lo: int, hi: int):
     cfg = self.builder_config
-    jobs = [(cfg.seed, split, i, cfg.clip_seconds, cfg.soundfont) for i in range(lo, hi)]
+    jobs = [(cfg.seed, split, i, cfg.clip_seconds, cfg.bank(split, i)) for i in range(lo, hi)]
     for clip_id, audio, labels, attenuated in self._pool.map(clips.render_job, jobs):
       self._counts[split].update(t for t, on in zip(synth_tags.TAGS, labels) if on)
       self._attenuated[split] += attenuated

@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 
 from datasets.synth_gm import clips, compose, render
 from datasets.synth_gm import tags as synth_tags
-from datasets.synth_gm.synth_gm import OTHER_SOUNDFONTS, SynthGm, SynthGmConfig
+from datasets.synth_gm.synth_gm import MULTIBANK, OTHER_SOUNDFONTS, SynthGm, SynthGmConfig
 
 
 @pytest.fixture(scope='module')
@@ -66,7 +66,7 @@ def test_every_program_and_kit_the_generator_uses_sounds():
   assert not silent_kits, f'drum kits render silence: {silent_kits}'
 
 
-@pytest.mark.parametrize('soundfont', sorted(OTHER_SOUNDFONTS.values()))
+@pytest.mark.parametrize('soundfont', sorted({*OTHER_SOUNDFONTS.values(), *MULTIBANK[1:]}))
 def test_other_soundfonts_play_every_program_and_kit_the_generator_uses(soundfont):
   _need(soundfont)
   missing = [p for p in range(128) if render.preset_name(p, soundfont_name=soundfont) is None]
@@ -342,10 +342,56 @@ def test_make_soundfonts_installs_exactly_the_files_the_renderer_reads():
   make = ['make', '--no-print-directory', '-f', mk]
   listed = subprocess.run(make + ['--eval', 'files: ; @echo $(SOUNDFONT_FILES)', 'files'],
                           check=True, capture_output=True, text=True).stdout.split()
-  assert sorted(listed) == sorted(render.soundfont(s).path for s in OTHER_SOUNDFONTS.values())
+  banks = {*OTHER_SOUNDFONTS.values(), *MULTIBANK} - {render.DEFAULT_SOUNDFONT}
+  assert sorted(listed) == sorted(render.soundfont(s).path for s in banks)
   # A missing bank makes the target install both packages (`echo` stands in for sudo here).
   out = subprocess.run(make + ['soundfonts', 'SOUNDFONT_FILES=/nonexistent/FluidR3_GM.sf2',
                                'SOUNDFONT_SUDO=echo'], check=True, capture_output=True,
                        text=True).stdout
   assert 'missing /nonexistent/FluidR3_GM.sf2' in out
-  assert 'apt-get install -y fluid-soundfont-gm musescore-general-soundfont-small' in out
+  assert ('apt-get install -y fluid-soundfont-gm musescore-general-soundfont-small '
+          'csound-soundfont') in out
+
+
+# ---- Training clips from several banks ---------------------------------------------------------
+
+def test_multibank_configs_change_only_the_train_and_validation_banks():
+  configs = {c.name: c for c in SynthGm.BUILDER_CONFIGS}
+  for base in ('tiny', 'default', 'large'):
+    multi, ref = configs[f'{base}_multibank'], configs[base]
+    assert multi.split_sizes() == ref.split_sizes()
+    assert (multi.seed, multi.clip_seconds, multi.soundfont) == (ref.seed, ref.clip_seconds,
+                                                                 ref.soundfont)
+    assert [multi.bank('train', i) for i in range(4)] == [*MULTIBANK, *MULTIBANK]
+    assert multi.bank('validation', 1) == MULTIBANK[1]
+    assert {multi.bank('test', i) for i in range(4)} == {ref.soundfont}
+    assert {ref.bank(split, 1) for split in ('train', 'test')} == {ref.soundfont}
+
+
+def test_multibank_build_renders_each_train_clip_with_its_bank(tiny, tiny_dir):
+  for bank in MULTIBANK:
+    _need(bank)
+  builder = SynthGm(data_dir=tiny_dir, config='tiny_multibank', file_format='array_record',
+                    num_workers=1)
+  builder.download_and_prepare()
+  assert [b['name'] for b in builder.info.metadata['train_soundfonts']] == list(MULTIBANK)
+  ours = tfds.data_source('synth_gm/tiny', data_dir=tiny_dir)
+  multi = builder.as_data_source()
+  cfg = builder.builder_config
+  score_tags = [i for i, t in enumerate(synth_tags.TAGS) if t not in ('loud', 'quiet')]
+  for split in ('train', 'validation'):
+    base = {r['id']: r for r in ours[split]}
+    records = {r['id']: r for r in multi[split]}
+    assert sorted(records) == sorted(base)
+    for index in (0, 1):
+      clip_id = f'{split}/{index:06d}'.encode()
+      fresh = clips.make_clip(cfg.seed, split, index, cfg.clip_seconds, MULTIBANK[index % 2])
+      assert records[clip_id]['audio'].tobytes() == fresh.audio.tobytes()
+      np.testing.assert_array_equal(records[clip_id]['labels'][score_tags],
+                                    base[clip_id]['labels'][score_tags])
+    # Clip 0 is TimGM6mb's own render; clip 1 comes from the other bank.
+    first, second = (f'{split}/{i:06d}'.encode() for i in (0, 1))
+    assert records[first]['audio'].tobytes() == base[first]['audio'].tobytes()
+    assert records[second]['audio'].tobytes() != base[second]['audio'].tobytes()
+  test = {r['id']: r['audio'].tobytes() for r in multi['test']}
+  assert test == {r['id']: r['audio'].tobytes() for r in ours['test']}  # the same test split

@@ -129,6 +129,7 @@ def run_model(model, variables, audio, fused):
 # the deep BatchNorms see a handful of values each, and a one-step bf16 rounding difference in
 # layer 1 (the kernel rounds conv + bias once, XLA:CPU twice) moves whole-model bf16 gradients by
 # O(1); the kernel's own bf16 gradients are checked against exact values above.
+@pytest.mark.slow
 @pytest.mark.parametrize('dtype,tol', [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
 def test_hcnn_trains_the_same_with_the_fused_layer1(dtype, tol):
   # Keyword HCNN at width 16 over 1 s: layer 1 is 6 harmonics → 16 channels over 128 × 63
