@@ -46,12 +46,15 @@ def companions(base: str, suffixes: Optional[Sequence[str]] = None) -> Dict[str,
   unknown = [s for s in suffixes if s not in known]
   if unknown:
     raise ValueError(f'--soundfonts: unknown {unknown}; use some of {known}')
+  # A `<config>_multibank` run was tested on `<config>`'s very test split: its companions.
+  root = base[:-len('_multibank')] if base.endswith('_multibank') else base
   out = {}
   for suffix in suffixes:
-    name = f'{base}_{suffix}'
+    name = f'{root}_{suffix}'
     if name not in names:
       raise ValueError(f'dataset.config_name: synth_gm has no config {name!r}; the other-'
-                       f'soundfont renders exist for {sorted(n for n in names if "_" not in n)}')
+                       f'soundfont renders exist for {sorted(n for n in names if "_" not in n)} '
+                       'and their _multibank configs')
     out[name] = names[name].soundfont
   return out
 

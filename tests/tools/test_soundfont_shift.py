@@ -52,6 +52,8 @@ def test_bad_requests_fail_clearly(tmp_path):
     soundfont_shift.companions('default', ['timgm'])
   with pytest.raises(ValueError, match="no config 'paper_fluidr3'"):
     soundfont_shift.companions('paper')
+  # A run on the multi-bank training set is tested on the base config's test split.
+  assert soundfont_shift.companions('default_multibank') == soundfont_shift.companions('default')
   assert soundfont_shift.companions('tiny') == {'tiny_fluidr3': 'FluidR3_GM',
                                                 'tiny_musescore': 'MuseScore_General'}
   with pytest.raises(ValueError, match="dataset.name: 'fake'"):
