@@ -17,10 +17,12 @@ so this kernel recomputes it where it is needed and never stores it:
   once (the extreme is picked on the unrounded products, so bf16 ties go to the true one); the
   input and kernel gradients are then XLA's (cuDNN's) convolution gradients of dc.
 
-The values are those of conv → `BatchNormReLUPool` up to summation order (the tests compare
-forward and every gradient, fp32 and bf16, in Pallas interpret mode). On GPUs the kernels are
-Pallas' Triton backend; elsewhere they run in interpret mode (tests only: `hcnn_jax.speed` picks
-this path per backend, and only where it was measured to pay).
+The values are those of conv → `BatchNormReLUPool` up to summation order in fp32; in bf16 the
+conv + bias is rounded once where it is stored (XLA:CPU rounds twice), and the gradients are
+closer to the exact ones than XLA's bf16 path (the tests compare forward and every gradient, fp32
+and bf16, in Pallas interpret mode). On GPUs the kernels are Pallas' Triton backend; elsewhere
+they run in interpret mode (tests only). `hcnn_jax.speed` picks this path per backend, and only
+where it was measured to pay: on the H200 it did not yet (bench/README.md).
 
 Layout trick: the padded input (B, F + 2, 2·W, C) is viewed, for free, as (B, F + 2, W, 2·C), so
 the even and odd columns of a row are two channel ranges and every load is a contiguous
