@@ -172,15 +172,18 @@ def test_hcnn_trains_the_same_with_the_fused_layer1(dtype, tol):
 
 
 def test_unsupported_blocks_and_inference_take_the_xla_path():
-  model = get_model('hcnn_keywords', num_classes=5, width=24)  # 24 channels: no kernel
-  audio = jnp.zeros((1, 16000), jnp.float32)
-  variables = model.init(jax.random.key(0), audio, train=False)
+  x = jnp.asarray(np.random.default_rng(0).normal(0, 1, (2, 8, 9, 6)), jnp.float32)
+  cases = [(24, 2, True),        # 24 channels: not a power of 2
+           (16, (2, 3), True),   # not a 2×2 pool
+           (16, 2, False)]       # inference: running statistics, nothing to fuse
   with mock.patch.object(fused_conv_pool, 'conv_pool_sums', side_effect=AssertionError):
-    run_model(model, variables, audio, True)
-    small = get_model('hcnn_keywords', num_classes=5, width=16)
-    v16 = small.init(jax.random.key(0), audio, train=False)
-    with speed.choose(fused_conv_pool=True):
-      small.apply(v16, audio, train=False)  # inference: running statistics, no kernel
+    for features, pool, train in cases:
+      block = blocks.ConvBlock2d(features, pool)
+      variables = block.init(jax.random.key(0), x, train=False)
+      with speed.choose(fused_conv_pool=True):
+        out = block.apply(variables, x, train=train, mutable=['batch_stats'])[0]
+      plain = block.apply(variables, x, train=train, mutable=['batch_stats'])[0]
+      np.testing.assert_array_equal(np.asarray(out), np.asarray(plain))
 
 
 def test_choice_is_checked():
