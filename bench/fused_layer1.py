@@ -1,7 +1,7 @@
 """HCNN's layer 1 alone, in training: the fused kernel (`fused_conv_pool`) against the XLA path.
 
-  python -m bench.fused_layer1 [--batch 256] [--frames 313] [--width 128] [--dtypes bfloat16,float32]
-      [--steps 20] [--repeats 3] [--json OUT.json]
+  python -m bench.fused_layer1 [--batch 256] [--frames 313] [--width 128]
+      [--dtypes bfloat16,float32] [--steps 20] [--repeats 3] [--sweep] [--json OUT.json]
 
 For each dtype, on the shape HCNN's layer 1 sees (batch, 128 pitch bins, `frames`, 6 harmonics →
 `width` channels; 313 frames = 5 s at hop 256):
@@ -155,9 +155,9 @@ def sweep(batch: int, frames: int, width: int, dtype: str, steps: int, repeats: 
         fcp.BT, fcp.WARPS = bt, w
         row = {'config': f'BT {bt}, warps {w}'}
         try:
-          row['forward_ms'] = clock(lambda *a: fcp._forward(*a), x, kernel, bias, sign)  # pylint: disable=protected-access
-          row['dc_ms'] = clock(lambda *a: fcp._conv_output_grad(*a), x, kernel, bias, sign, g,  # pylint: disable=protected-access
-                               g1, g1)
+          # pylint: disable=protected-access
+          row['forward_ms'] = clock(fcp._forward, x, kernel, bias, sign)
+          row['dc_ms'] = clock(fcp._conv_output_grad, x, kernel, bias, sign, g, g1, g1)
         except Exception as e:  # pylint: disable=broad-except
           row['error'] = str(e).split('\n')[0][:120]
         rows.append(row)
