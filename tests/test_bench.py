@@ -267,3 +267,25 @@ def test_train_parity_runs_both_sides_on_a_tiny_set(tmp_path):
   saved = json.load(open(tmp_path / 'parity.json', encoding='utf-8'))
   assert saved['summary']['jax_minus_torch_roc_auc'] == pytest.approx(
       out['summary']['jax']['roc_auc']['mean'] - out['summary']['torch']['roc_auc']['mean'])
+
+
+@pytest.mark.slow
+def test_fused_layer1_reports_parity_timings_and_a_sweep(tmp_path):
+  # The device script's first step (gpu_pending.sh fused) end to end; on the CPU the kernel runs
+  # in interpret mode, so only the parity figures mean something here.
+  from bench import fused_layer1
+  out = tmp_path / 'fused.json'
+  result = fused_layer1.main(['--batch', '2', '--parity_batch', '2', '--frames', '37',
+                              '--width', '16', '--steps', '1', '--repeats', '2',
+                              '--dtypes', 'float32', '--json', str(out)])
+  assert json.loads(out.read_text())['parity'] == result['parity']
+  fused, xla = result['parity']['float32']['fused'], result['parity']['float32']['xla']
+  assert set(fused) == {'pooled', 'sum', 'sum_sq', 'd_input', 'd_kernel', 'd_bias'}
+  assert max(fused.values()) < 1e-5 and max(xla.values()) == 0.0  # xla is the exact one in fp32
+  assert set(result['ms']['float32']) == {'reference', 'pool_first', 'fused'}
+  assert all(len(v) == 2 and all(_rate(t) for t in v) for v in result['ms']['float32'].values())
+  sweep = fused_layer1.main(['--sweep', '--batch', '2', '--frames', '37', '--width', '16',
+                             '--steps', '1', '--repeats', '1', '--dtypes', 'bfloat16'])['sweep']
+  assert [r['config'] for r in sweep[:2]] == ['xla conv forward', 'xla conv gradients (dx, dw)']
+  assert len(sweep) == 2 + 4 * 3 and all('error' not in r for r in sweep)
+  assert all(_rate(r['forward_ms']) and _rate(r['dc_ms']) for r in sweep[2:])
