@@ -19,10 +19,11 @@ On the CPU the fused kernel runs in Pallas interpret mode (a smoke run: `--batch
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from typing import Any, Dict, List
+
+from bench import common
 
 VARIANTS = {'reference': {}, 'pool_first': {'pool_first': True},
             'fused': {'fused_conv_pool': True}}
@@ -209,8 +210,7 @@ def main(argv=None) -> Dict[str, Any]:
       print(f'| {name} | {min(values):.2f} | {med:.2f} | {base / med:.2f} |')
     print(flush=True)
   if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(result, f, indent=1)
+    common.write_json(args.json, result)
   return result
 
 
